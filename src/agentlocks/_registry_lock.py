@@ -1,0 +1,77 @@
+"""``coord.registry(name)``: reader/writer locking plus a published generation.
+
+Readers hold the registry's lock shared, writers exclusive (FIFO, so writers never starve).
+The generation lives in the backend, so every replica sees it; a writer publishes
+``current + 1`` only when its block exits without error, and publishing never lowers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+
+class Registry:
+    """Shared state that many runs read and a few writers replace, across replicas.
+
+    Example:
+        >>> import agentlocks, anyio
+        >>> async def main() -> None:
+        ...     async with agentlocks.connect() as coord:
+        ...         tools = coord.registry("tool-registry")
+        ...         async with tools.write() as version:
+        ...             print("publishing", version)
+        ...         async with tools.read() as version:
+        ...             print("reading", version)
+        >>> anyio.run(main)
+        publishing 1
+        reading 1
+    """
+
+    __slots__ = ("_coordinator", "_name")
+
+    def __init__(self, coordinator: Coordinator, name: str) -> None:
+        self._coordinator = coordinator
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The registry's name."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"Registry({self._name!r})"
+
+    async def version(self) -> int:
+        """The generation published now (0 before the first write); one round trip."""
+        return await self._coordinator.backend.read_generation(self._name)
+
+    @asynccontextmanager
+    async def read(self, *, timeout: float | None = None) -> AsyncIterator[int]:
+        """Hold the registry shared; yields the generation published now."""
+        coord = self._coordinator
+        async with coord._request(
+            "r:" + self._name, self._name, True, None, timeout, True, None, None, "cancel"
+        ):
+            yield await coord.backend.read_generation(self._name)
+
+    @asynccontextmanager
+    async def write(self, *, timeout: float | None = None) -> AsyncIterator[int]:
+        """Hold the registry exclusively; yields the generation this write will publish.
+
+        The generation is published only if the block exits without an exception.
+        """
+        coord = self._coordinator
+        async with coord._request(
+            "r:" + self._name, self._name, False, None, timeout, True, None, None, "cancel"
+        ) as lease:
+            generation = await coord.backend.read_generation(self._name) + 1
+            yield generation
+            # Still under the exclusive lease: no other writer can publish between our read
+            # and this write, and a lost lease refuses to publish (verify raises LeaseLost).
+            await lease.verify()
+            await coord.backend.publish_generation(self._name, generation)

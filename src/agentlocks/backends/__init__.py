@@ -1,0 +1,13 @@
+"""Backends: ``memory`` (in-process); ``redis`` and ``postgres`` are loaded lazily by scheme.
+
+The contract every backend keeps is :class:`agentlocks.backends.Backend`, documented once in
+``_base.py``.
+"""
+
+from ._base import Backend as Backend
+from ._base import Grant as Grant
+from ._base import HolderInfo as HolderInfo
+from ._base import KeyInfo as KeyInfo
+from ._base import LostCallback as LostCallback
+
+__all__ = ["Backend", "Grant", "HolderInfo", "KeyInfo", "LostCallback"]

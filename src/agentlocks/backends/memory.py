@@ -1,0 +1,226 @@
+"""``memory://``: the in-process backend (the embedded default).
+
+State is one dict ``resource -> _Entry``; an entry exists only while its resource has a
+holder or a waiter (guarantee 9). Grants are handed over *by the releaser*: ``release``
+pops the next compatible waiters, records them as holders and sets their events, all
+without suspending. So a releasing task that immediately re-acquires finds the resource
+taken and queues behind the waiters (no barging), and the hand-off costs one loop wake-up.
+
+Every method runs without suspending except the single ``await event.wait()`` in
+``acquire``; that is the only point where cancellation can land, and it is handled there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import ClassVar
+
+import anyio
+
+from agentlocks._url import Settings
+from agentlocks.errors import Busy, QueueFull
+
+from ._base import Grant, HolderInfo, LostCallback, describe
+
+__all__ = ["MemoryBackend"]
+
+
+class _Waiter:
+    __slots__ = ("capacity", "event", "grant", "lease_ttl", "shared")
+
+    def __init__(self, shared: bool, capacity: int | None, lease_ttl: float) -> None:
+        self.shared = shared
+        self.capacity = capacity
+        self.lease_ttl = lease_ttl
+        self.event = anyio.Event()
+        self.grant: Grant | None = None
+
+
+class _Entry:
+    """Holders and FIFO queue of one resource that is shared or contended."""
+
+    __slots__ = ("exclusive", "holders", "queue")
+
+    def __init__(self, holder: Grant) -> None:
+        self.holders: set[Grant] = {holder}
+        self.exclusive = not holder.shared  # True while the single holder is exclusive
+        self.queue: deque[_Waiter] = deque()
+
+    def compatible(self, shared: bool, capacity: int | None) -> bool:
+        """Could a request of this shape be held alongside the current holders?"""
+        if not self.holders:
+            return True
+        if not shared or self.exclusive:
+            return False
+        return capacity is None or len(self.holders) < capacity
+
+
+class MemoryBackend:
+    """In-process backend: FIFO, direct hand-off, fencing tokens; nothing leaves the process.
+
+    State: ``_entries[resource]`` is absent when the resource is idle, the holder's
+    ``Grant`` itself while exactly one holder and no waiter exist (the uncontended case,
+    which then allocates nothing else), and an ``_Entry`` once a second holder or a waiter
+    arrives. Tokens come from one counter per backend instance, so they grow across every
+    key and stay monotonic per key even though idle keys keep no state.
+    """
+
+    remote: ClassVar[bool] = False
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+        self._settings = settings
+        self._entries: dict[str, Grant | _Entry] = {}
+        self._generations: dict[str, int] = {}
+        self._tokens = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(namespace={self._settings.namespace!r}, keys={len(self._entries)})"
+
+    def __len__(self) -> int:
+        """Number of resources with a holder or a waiter (0 when everything is free)."""
+        return len(self._entries)
+
+    def try_acquire(
+        self, resource: str, shared: bool, capacity: int | None, lease_ttl: float
+    ) -> Grant | None:
+        """Grant at once if the resource is free for this request, without suspending.
+
+        The optional fast path of in-process backends: the coordinator calls it first, so
+        an uncontended acquire creates no coroutine and does not yield to the event loop
+        (as ``asyncio.Lock`` does not).
+        """
+        entry = self._entries.get(resource)
+        if entry is None:
+            grant = Grant(resource, next(self._tokens), shared, lease_ttl, time.monotonic())
+            self._entries[resource] = grant
+            return grant
+        if isinstance(entry, Grant):
+            if not (shared and entry.shared and (capacity is None or capacity > 1)):
+                return None
+            entry = self._entries[resource] = _Entry(entry)
+        elif entry.queue or not entry.compatible(shared, capacity):
+            return None
+        return self._grant(entry, resource, shared, lease_ttl)
+
+    async def acquire(
+        self,
+        resource: str,
+        *,
+        shared: bool,
+        capacity: int | None,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float,
+        timeout: float | None,
+    ) -> Grant:
+        grant = self.try_acquire(resource, shared, capacity, lease_ttl)
+        if grant is not None:
+            return grant
+        entry = self._entries[resource]
+        if not wait:
+            raise Busy(f"{describe(resource)!r} is held", key=describe(resource))
+        waiting = 0 if isinstance(entry, Grant) else len(entry.queue)
+        if max_waiting is not None and waiting >= max_waiting:
+            raise QueueFull(
+                f"{waiting} requests already wait on {describe(resource)!r} "
+                f"(max_waiting={max_waiting})",
+                key=describe(resource),
+            )
+        if isinstance(entry, Grant):  # first waiter: the sole holder gets a full entry
+            entry = self._entries[resource] = _Entry(entry)
+        waiter = _Waiter(shared, capacity, lease_ttl)
+        entry.queue.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            # Cancelled (or timed out) while queued. Invariant: on exit nothing of this
+            # request remains. Either the releaser already granted it to us (the grant
+            # raced the cancellation), so we hand it on as a release would; or we are
+            # still queued, and leaving may unblock requests behind us (a cancelled
+            # exclusive waiter at the head was holding back shared ones).
+            if waiter.grant is not None:
+                self.release_nowait(waiter.grant)
+            else:
+                entry.queue.remove(waiter)
+                self._hand_off(resource, entry)
+            raise
+        assert waiter.grant is not None  # set by _hand_off before the event
+        return waiter.grant
+
+    def _grant(self, entry: _Entry, resource: str, shared: bool, lease_ttl: float) -> Grant:
+        grant = Grant(resource, next(self._tokens), shared, lease_ttl, time.monotonic())
+        entry.holders.add(grant)
+        entry.exclusive = not shared
+        return grant
+
+    def _hand_off(self, resource: str, entry: _Entry) -> None:
+        """Grant the head of the queue while it is compatible; drop the entry if idle."""
+        queue = entry.queue
+        while queue and entry.compatible(queue[0].shared, queue[0].capacity):
+            waiter = queue.popleft()
+            waiter.grant = self._grant(entry, resource, waiter.shared, waiter.lease_ttl)
+            waiter.event.set()
+        if not entry.holders and not queue:
+            del self._entries[resource]
+
+    def release_nowait(self, grant: Grant) -> None:
+        """Synchronous ``release``: the optional fast path of in-process backends."""
+        resource = grant.resource
+        entry = self._entries.get(resource)
+        if entry is grant:  # sole holder, nobody waiting
+            del self._entries[resource]
+            return
+        if entry is None or isinstance(entry, Grant) or grant not in entry.holders:
+            return  # already released: release is idempotent
+        entry.holders.discard(grant)
+        if not entry.holders:
+            entry.exclusive = False
+        self._hand_off(resource, entry)
+
+    async def release(self, grant: Grant) -> None:
+        # Never suspends (``remote = False`` promises it): the coordinator relies on this to
+        # release without a shield.
+        self.release_nowait(grant)
+
+    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+        return [g for g in grants if not self._held(g)]
+
+    async def verify(self, grant: Grant) -> bool:
+        return self._held(grant)
+
+    def _held(self, grant: Grant) -> bool:
+        entry = self._entries.get(grant.resource)
+        return entry is grant or (isinstance(entry, _Entry) and grant in entry.holders)
+
+    async def inspect(self, resource: str) -> tuple[tuple[HolderInfo, ...], int]:
+        entry = self._entries.get(resource)
+        if entry is None:
+            return (), 0
+        holders, waiting = (
+            ((entry,), 0) if isinstance(entry, Grant) else (entry.holders, len(entry.queue))
+        )
+        now = time.monotonic()
+        info = tuple(
+            HolderInfo(token=g.token, shared=g.shared, age=now - g.acquired_at)
+            for g in sorted(holders, key=lambda g: g.token)
+        )
+        return info, waiting
+
+    async def read_generation(self, name: str) -> int:
+        return self._generations.get(name, 0)
+
+    async def publish_generation(self, name: str, generation: int) -> int:
+        current = max(self._generations.get(name, 0), generation)
+        self._generations[name] = current
+        return current
+
+    async def aclose(self) -> None:
+        # Holders keep their Grant objects; releasing them later is a no-op, and waiters
+        # still queued keep waiting on a backend nobody will hand off from. Clearing the
+        # state would break exclusion for blocks still running, so closing only forgets
+        # idle bookkeeping: there is none to forget for an in-process backend.
+        return None

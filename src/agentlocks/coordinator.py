@@ -1,0 +1,380 @@
+"""``connect()`` and the ``Coordinator``: the policy written once for every backend.
+
+Backends own waiting and state (``backends/_base.py``). The coordinator owns everything a
+user would otherwise get subtly wrong per backend: validating arguments before any I/O,
+timeouts (as cancellation of the backend's wait, which backends must survive cleanly),
+shielding releases from cancellation, renewing leases, and turning a lost lease into a
+cancelled block plus ``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+
+from ._acquire import AcquireContext
+from ._keys import MAX_KEY_BYTES, check_key
+from ._lease import Lease, OnLost
+from ._registry import load_backend
+from ._registry_lock import Registry
+from ._renewal import Renewer
+from ._url import DEFAULT_URL, build_settings, parse_lease_ttl, parse_timeout, split_url
+from .backends._base import Backend, FastPath, Grant, KeyInfo
+from .errors import AcquireTimeout, ConfigError, LeaseLost, Unavailable
+
+__all__ = ["Coordinator", "connect"]
+
+_CLIENT_SCHEMES: Final = {"redis": ("redis", "rediss"), "postgres": ("postgres", "postgresql")}
+
+
+def connect(
+    url: str | None = None,
+    *,
+    namespace: str | None = None,
+    lease_ttl: float | None = None,
+    redis: Any = None,
+    postgres: Any = None,
+    **options: Any,
+) -> Coordinator:
+    """Create a coordinator for the backend named by ``url``. Does no I/O.
+
+    Args:
+        url: ``memory://``, ``redis://...``, ``rediss://...``, ``postgres(ql)://...`` or a
+            registered scheme. Defaults to ``$AGENTLOCKS_URL``, else ``memory://``.
+            Query parameters set the same options as keywords (``?namespace=x``).
+        namespace: Isolates independent apps sharing one server (default ``"agentlocks"``).
+        lease_ttl: Default lease time-to-live in seconds (default 30).
+        redis: A ``redis.asyncio.Redis`` client you already own (implies ``redis://``).
+        postgres: An ``asyncpg`` pool you already own (implies ``postgresql://``).
+        **options: Backend-specific options.
+
+    Raises:
+        ConfigError: Unknown scheme, bad option, or missing driver (names the extra).
+
+    Example:
+        >>> import agentlocks
+        >>> agentlocks.connect("memory://?namespace=billing")
+        Coordinator(url='memory://?namespace=billing', namespace='billing')
+    """
+    if redis is not None and postgres is not None:
+        raise ConfigError("pass at most one of redis= and postgres=")
+    client_kind = "redis" if redis is not None else "postgres" if postgres is not None else None
+    if url is None:
+        if client_kind is not None:
+            url = f"{_CLIENT_SCHEMES[client_kind][0]}://"
+        else:
+            url = os.environ.get("AGENTLOCKS_URL") or DEFAULT_URL
+    scheme, query = split_url(url)
+    merged: dict[str, object] = dict(query)
+    if client_kind is not None and scheme not in _CLIENT_SCHEMES[client_kind]:
+        raise ConfigError(f"{client_kind}= was given but the URL scheme is {scheme!r}")
+    if namespace is not None:
+        merged["namespace"] = namespace
+    if lease_ttl is not None:
+        merged["lease_ttl"] = lease_ttl
+    merged.update(options)
+    backend_cls = load_backend(scheme)
+    accepted = frozenset(getattr(backend_cls, "option_names", frozenset()))
+    settings = build_settings(scheme, url, merged, accepted, redis or postgres)
+    return Coordinator(settings, backend_cls)
+
+
+class Coordinator:
+    """Locks, semaphores and registries on one backend. Create it with :func:`connect`.
+
+    Use it as an async context manager, or call :meth:`aclose` on shutdown.
+    """
+
+    def __init__(self, settings: Any, backend_cls: type[Backend]) -> None:
+        self._settings = settings
+        self._backend: Backend = backend_cls(settings, self._on_backend_lost)  # type: ignore[call-arg]
+        self._remote = bool(backend_cls.remote)
+        self._renewer = Renewer(self._backend) if self._remote else None
+        # Optional synchronous fast path (in-process backends only; see FastPath).
+        fast = not self._remote and isinstance(self._backend, FastPath)
+        self._try_acquire = self._backend.try_acquire if fast else None  # type: ignore[attr-defined]
+        self._release_nowait = self._backend.release_nowait if fast else None  # type: ignore[attr-defined]
+        self._closed = False
+        self._lease_ttl = float(settings.lease_ttl)
+        self._hold_ewma: float | None = None  # seconds; feeds Unavailable.retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"Coordinator(url={self._settings.redacted_url!r}, "
+            f"namespace={self._settings.namespace!r})"
+        )
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this coordinator's keys live in."""
+        return str(self._settings.namespace)
+
+    @property
+    def lease_ttl(self) -> float:
+        """The default lease time-to-live, in seconds."""
+        return float(self._settings.lease_ttl)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend instance (for diagnostics and ``agentlocks.testing``)."""
+        return self._backend
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop lease renewal and close the backend's connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            if self._renewer is not None:
+                await self._renewer.aclose()
+            await self._backend.aclose()
+
+    # -- locks and semaphores ------------------------------------------------------------
+
+    def acquire(
+        self,
+        key: str,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        wait: bool = True,
+        max_waiting: int | None = None,
+        lease_ttl: float | None = None,
+        on_lost: OnLost = "cancel",
+    ) -> AcquireContext:
+        """Request the lock ``key``: ``async with`` it, or ``await`` it for a ``Lease``.
+
+        Args:
+            key: Any ``str`` of 1 to 1024 UTF-8 bytes.
+            shared: Share the key with other shared holders (readers); exclusive otherwise.
+            timeout: Seconds to wait; None waits for ever. ``AcquireTimeout`` when elapsed.
+            wait: False fails at once with ``Busy`` if the key cannot be granted now.
+            max_waiting: Fail at once with ``QueueFull`` if this many requests already wait.
+            lease_ttl: Lease time-to-live on remote backends (coordinator default if None).
+            on_lost: ``"cancel"`` cancels the ``async with`` body when the lease is lost;
+                ``"ignore"`` lets it run on. Leaving the block raises ``LeaseLost`` either way.
+
+        Raises:
+            InvalidKey, ConfigError: Bad arguments, raised here before any I/O.
+
+        Example:
+            >>> import agentlocks, anyio
+            >>> async def main() -> None:
+            ...     async with agentlocks.connect() as coord:
+            ...         async with coord.acquire("thread:42", timeout=5) as lease:
+            ...             print(lease)
+            >>> anyio.run(main)
+            Lease(key='thread:42', token=1, shared=False, state=held)
+        """
+        if type(key) is not str or not key.isascii() or not 0 < len(key) <= MAX_KEY_BYTES:
+            check_key(key)  # the slow, thorough check; raises InvalidKey with the reason
+        if (
+            timeout is None
+            and lease_ttl is None
+            and max_waiting is None
+            and shared is False
+            and wait is True
+            and on_lost == "cancel"
+        ):  # all defaults: nothing to validate (the hot path)
+            return AcquireContext(
+                self,
+                ("l:" + key, key, False, None, None, True, None, self._lease_ttl, "cancel"),
+            )
+        return self._request(
+            "l:" + key, key, shared, None, timeout, wait, max_waiting, lease_ttl, on_lost
+        )
+
+    def semaphore(
+        self,
+        name: str,
+        capacity: int,
+        *,
+        timeout: float | None = None,
+        wait: bool = True,
+        max_waiting: int | None = None,
+        lease_ttl: float | None = None,
+        on_lost: OnLost = "cancel",
+    ) -> AcquireContext:
+        """Request one of ``capacity`` slots of ``name``: FIFO, cluster-wide.
+
+        Options mean what they mean for :meth:`acquire`. Every caller of one name should
+        pass the same ``capacity``; each request is admitted against the capacity it carries.
+
+        Example:
+            >>> import agentlocks, anyio
+            >>> async def main() -> None:
+            ...     async with agentlocks.connect() as coord:
+            ...         async with coord.semaphore("llm-calls", capacity=8) as slot:
+            ...             print(slot.key, slot.shared)
+            >>> anyio.run(main)
+            llm-calls True
+        """
+        check_key(name, "semaphore name")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"capacity must be an int >= 1, got {capacity!r}")
+        return self._request(
+            "s:" + name, name, True, capacity, timeout, wait, max_waiting, lease_ttl, on_lost
+        )
+
+    def _request(
+        self,
+        resource: str,
+        key: str,
+        shared: bool,
+        capacity: int | None,
+        timeout: float | None,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float | None,
+        on_lost: OnLost,
+    ) -> AcquireContext:
+        # Validation is eager (at call time, before any await) so bad input never reaches
+        # a backend; the common all-defaults case skips straight through.
+        if timeout is not None:
+            timeout = parse_timeout(timeout)
+        if max_waiting is not None and (
+            isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0
+        ):
+            raise ConfigError(f"max_waiting must be None or an int >= 0, got {max_waiting!r}")
+        ttl = self._lease_ttl if lease_ttl is None else parse_lease_ttl(lease_ttl)
+        if on_lost != "cancel" and on_lost != "ignore":
+            raise ConfigError(f"on_lost must be 'cancel' or 'ignore', got {on_lost!r}")
+        if type(shared) is not bool or type(wait) is not bool:
+            raise ConfigError("shared and wait must be bool")
+        return AcquireContext(
+            self, (resource, key, shared, capacity, timeout, wait, max_waiting, ttl, on_lost)
+        )
+
+    async def _acquire(
+        self,
+        resource: str,
+        key: str,
+        shared: bool,
+        capacity: int | None,
+        timeout: float | None,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float,
+        on_lost: OnLost,
+    ) -> Lease:
+        if self._closed:
+            raise ConfigError(f"{self!r} is closed")
+        backend = self._backend
+        try:
+            if timeout is None:
+                grant = await backend.acquire(
+                    resource, shared=shared, capacity=capacity, wait=wait,
+                    max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=None,
+                )  # fmt: skip
+            else:
+                # The timeout is a cancellation of the backend's wait; backends guarantee
+                # that a cancelled acquire leaves nothing held or queued (guarantee 7).
+                with anyio.move_on_after(timeout) as scope:
+                    grant = await backend.acquire(
+                        resource, shared=shared, capacity=capacity, wait=wait,
+                        max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=timeout,
+                    )  # fmt: skip
+                if scope.cancelled_caught:
+                    raise AcquireTimeout(
+                        f"{key!r} was not granted within {timeout:g} s",
+                        key=key,
+                        retry_after=self._retry_after(capacity),
+                    )
+        except Unavailable as exc:
+            if exc.key is None:
+                exc.key = key
+            exc.retry_after = self._retry_after(capacity)
+            raise
+        lease = Lease(self, grant, key, on_lost)
+        if self._renewer is not None:
+            self._renewer.track(lease, grant)
+        return lease
+
+    async def _release(self, lease: Lease) -> None:
+        if lease._released:
+            if lease._lost:
+                raise LeaseLost(f"the lease on {lease.key!r} was lost", key=lease.key)
+            return
+        lease._released = True
+        grant = lease._grant
+        self._observe_hold(time.monotonic() - grant.acquired_at)
+        if self._renewer is None:
+            # In-process backends never suspend in release, so no cancellation can land here.
+            await self._backend.release(grant)
+        else:
+            self._renewer.untrack(grant)
+            # Shielded: a release interrupted half-way would leave the key held until its
+            # TTL runs out, and waiters stalled behind it (guarantee 7).
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._backend.release(grant)
+                except Exception:
+                    if not lease._lost:
+                        raise
+        if lease._lost:
+            raise LeaseLost(f"the lease on {lease.key!r} was lost while held", key=lease.key)
+
+    async def _verify(self, lease: Lease) -> None:
+        if not lease._lost and not lease._released:
+            if await self._backend.verify(lease._grant):
+                return
+            if self._renewer is not None:
+                self._renewer.lost(lease._grant)
+            lease._mark_lost()
+        state = "released" if lease._released and not lease._lost else "lost"
+        raise LeaseLost(f"the lease on {lease.key!r} is {state}", key=lease.key)
+
+    def _on_backend_lost(self, grant: Grant) -> None:
+        if self._renewer is not None:
+            self._renewer.lost(grant)
+
+    # -- retry_after estimate ---------------------------------------------------------------
+
+    def _observe_hold(self, seconds: float) -> None:
+        previous = self._hold_ewma
+        self._hold_ewma = seconds if previous is None else previous + 0.1 * (seconds - previous)
+
+    def _retry_after(self, capacity: int | None) -> float:
+        """Estimate when a retry is worth it: one typical hold time per slot, at least 1 ms."""
+        if self._hold_ewma is None:
+            return 1.0
+        return max(self._hold_ewma / (capacity or 1), 0.001)
+
+    # -- observability and registries ----------------------------------------------------------
+
+    async def inspect(self, key: str, *, semaphore: bool = False) -> KeyInfo:
+        """Return the holders of a lock key (or of a semaphore name) and its waiting count.
+
+        Example:
+            >>> import agentlocks, anyio
+            >>> async def main() -> None:
+            ...     async with agentlocks.connect() as coord:
+            ...         async with coord.acquire("k"):
+            ...             info = await coord.inspect("k")
+            ...             print(info.held, len(info.holders), info.waiting)
+            >>> anyio.run(main)
+            True 1 0
+        """
+        check_key(key)
+        holders, waiting = await self._backend.inspect(("s:" if semaphore else "l:") + key)
+        return KeyInfo(key=key, holders=holders, waiting=waiting)
+
+    def registry(self, name: str) -> Registry:
+        """Return the reader/writer lock and published generation of registry ``name``."""
+        check_key(name, "registry name")
+        return Registry(self, name)
