@@ -24,7 +24,7 @@ from ._registry_lock import Registry
 from ._renewal import Renewer
 from ._url import DEFAULT_URL, build_settings, parse_lease_ttl, parse_timeout, split_url
 from .backends._base import Backend, FastPath, Grant, KeyInfo
-from .errors import AcquireTimeout, ConfigError, LeaseLost, Unavailable
+from .errors import AcquireTimeout, Busy, ConfigError, LeaseLost, Unavailable
 
 __all__ = ["Coordinator", "connect"]
 
@@ -274,32 +274,31 @@ class Coordinator:
     ) -> Lease:
         if self._closed:
             raise ConfigError(f"{self!r} is closed")
-        backend = self._backend
+        # timeout=0 means "do not wait at all": wait=False, reported as a timeout. (A zero
+        # deadline would cancel a remote request before it even reached the server.)
+        immediate = timeout == 0 or not wait
         try:
-            if timeout is None:
-                grant = await backend.acquire(
-                    resource, shared=shared, capacity=capacity, wait=wait,
-                    max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=None,
+            if timeout is None or immediate:
+                grant = await self._backend.acquire(
+                    resource, shared=shared, capacity=capacity, wait=not immediate,
+                    max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=timeout,
                 )  # fmt: skip
             else:
                 # The timeout is a cancellation of the backend's wait; backends guarantee
                 # that a cancelled acquire leaves nothing held or queued (guarantee 7).
                 with anyio.move_on_after(timeout) as scope:
-                    grant = await backend.acquire(
-                        resource, shared=shared, capacity=capacity, wait=wait,
+                    grant = await self._backend.acquire(
+                        resource, shared=shared, capacity=capacity, wait=True,
                         max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=timeout,
                     )  # fmt: skip
                 if scope.cancelled_caught:
-                    raise AcquireTimeout(
-                        f"{key!r} was not granted within {timeout:g} s",
-                        key=key,
-                        retry_after=self._retry_after(capacity),
-                    )
+                    raise AcquireTimeout(f"{key!r} was not granted within {timeout:g} s", key=key)
         except Unavailable as exc:
-            if exc.key is None:
-                exc.key = key
+            if isinstance(exc, Busy) and timeout == 0 and wait:
+                exc = AcquireTimeout(f"{key!r} is not free and timeout=0", key=key)
+            exc.key = key
             exc.retry_after = self._retry_after(capacity)
-            raise
+            raise exc from exc.__cause__
         lease = Lease(self, grant, key, on_lost)
         if self._renewer is not None:
             self._renewer.track(lease, grant)
