@@ -88,11 +88,22 @@ def test_semaphore_options_are_validated_like_locks() -> None:
         coord.semaphore("s", capacity=2, on_lost="nope")  # type: ignore[arg-type]
 
 
-async def test_context_cannot_be_entered_twice_at_once() -> None:
-    """One AcquireContext entered while already entered raises RuntimeError."""
-    ctx = coord.acquire("twice")
-    async with ctx:
-        with pytest.raises(RuntimeError, match="already entered"):
-            await ctx.__aenter__()
-    async with ctx:  # re-entering after exit is fine
-        pass
+async def test_a_lease_is_acquired_once() -> None:
+    """Awaiting or entering a lease that was already acquired raises RuntimeError."""
+    lease = coord.acquire("once")
+    async with lease:
+        with pytest.raises(RuntimeError, match="already acquired"):
+            await lease
+    with pytest.raises(RuntimeError, match="already acquired"):
+        await lease.__aenter__()
+
+
+async def test_pending_lease_has_no_token_and_cannot_be_released() -> None:
+    """A lease that was never awaited says so instead of pretending to hold anything."""
+    lease = coord.acquire("never")
+    with pytest.raises(RuntimeError, match="has not been acquired"):
+        _ = lease.token
+    with pytest.raises(RuntimeError, match="has not been acquired"):
+        await lease.release()
+    with pytest.raises(RuntimeError, match="has not been acquired"):
+        await lease.verify()

@@ -12,7 +12,7 @@ from agentlocks import errors
 def test_all_lists_exactly_the_public_names() -> None:
     """__all__ is sorted and names every public attribute, and only those."""
     public = {name for name in vars(agentlocks) if not name.startswith("_")}
-    public -= {"annotations", "errors", "backends", "coordinator"}  # submodules
+    public -= {"annotations", "errors", "backends", "coordinator", "testing"}  # submodules
     assert sorted(agentlocks.__all__) == agentlocks.__all__
     assert set(agentlocks.__all__) - {"__version__"} == public
 
@@ -69,8 +69,8 @@ async def test_lease_and_context_reprs_show_state() -> None:
     """Reprs show key, token, mode and state; never anything secret."""
     coord = agentlocks.connect()
     ctx = coord.acquire("thread:1", shared=True)
-    assert repr(ctx) == "AcquireContext(lock='thread:1', shared=True)"
-    assert repr(coord.semaphore("llm", 2)) == "AcquireContext(semaphore='llm', shared=True)"
+    assert repr(ctx) == "Lease(key='thread:1', shared=True, state=pending)"
+    assert repr(coord.semaphore("llm", 2)) == "Lease(key='llm', shared=True, state=pending)"
     lease = await ctx
     assert repr(lease) == "Lease(key='thread:1', token=1, shared=True, state=held)"
     await lease.release()

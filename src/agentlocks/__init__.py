@@ -4,7 +4,6 @@ One API, three backends chosen by URL: ``memory://`` (default), ``redis://`` and
 ``postgresql://``. See ``docs/`` and API.md for the contract.
 """
 
-from ._acquire import AcquireContext as AcquireContext
 from ._lease import Lease as Lease
 from ._registry import register_backend as register_backend
 from ._registry_lock import Registry as Registry
@@ -27,7 +26,6 @@ from .errors import Unavailable as Unavailable
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AcquireContext",
     "AcquireTimeout",
     "AgentLocksError",
     "BackendError",

@@ -1,4 +1,7 @@
-"""The ``Lease``: proof of one grant, and the only thing that can end it (guarantee 8).
+"""The ``Lease``: one request for a lock or slot, then proof of its grant (guarantee 8).
+
+``coord.acquire()`` returns a pending Lease; awaiting it (or entering it with ``async with``)
+acquires it. One object plays both parts so the hot path allocates as little as possible.
 
 Ownership lives in this object, never in a thread- or task-local, so a lease may be passed
 to another task (a streaming response that outlives its handler) and released there.
@@ -6,23 +9,32 @@ to another task (a streaming response that outlives its handler) and released th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
 from .backends._base import Grant
+from .errors import LeaseLost
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
 OnLost = Literal["cancel", "ignore"]
 
+Request = tuple[str, str, bool, "int | None", "float | None", bool, "int | None", float, OnLost]
+"""(resource, key, shared, capacity, timeout, wait, max_waiting, lease_ttl, on_lost)"""
+
 
 class Lease:
-    """A held lock or semaphore slot.
+    """A lock or semaphore slot: requested, then held, then released.
 
-    Get one from ``coord.acquire(...)`` or ``coord.semaphore(...)``, either as the target of
-    ``async with`` or by awaiting the call. Attributes are read-only.
+    ``coord.acquire(...)`` and ``coord.semaphore(...)`` return a *pending* lease. Acquire it
+    by awaiting it (``lease = await coord.acquire(key)``; release it yourself) or with
+    ``async with coord.acquire(key) as lease:`` (released when the block exits; on remote
+    backends with ``on_lost="cancel"`` the block is cancelled if the lease is lost, and the
+    exit raises ``LeaseLost``). A lease is acquired at most once.
 
     Attributes:
         key: The lock key or semaphore name.
@@ -42,33 +54,39 @@ class Lease:
         thread:42 1 False
     """
 
-    __slots__ = ("_coordinator", "_grant", "_key", "_lost", "_on_lost", "_released", "_scope")
+    __slots__ = ("_coordinator", "_grant", "_lost", "_released", "_request", "_scope")
 
-    def __init__(self, coordinator: Coordinator, grant: Grant, key: str, on_lost: OnLost) -> None:
+    def __init__(self, coordinator: Coordinator, request: Request) -> None:
         self._coordinator = coordinator
-        self._grant = grant
-        self._key = key
-        self._on_lost: OnLost = on_lost
+        # One tuple rather than nine attributes: a lease is built on every acquire.
+        self._request = request
+        self._grant: Grant | None = None
         self._lost = False
         self._released = False
         # Set while an ``async with`` body runs under this lease and on_lost="cancel": the
         # scope a lost lease cancels.
         self._scope: anyio.CancelScope | None = None
 
-    @property
-    def key(self) -> str:
-        """The lock key or semaphore name this lease holds."""
-        return self._key
+    # -- state -----------------------------------------------------------------------------
 
     @property
-    def token(self) -> int:
-        """The fencing token of this grant."""
-        return self._grant.token
+    def key(self) -> str:
+        """The lock key or semaphore name this lease is for."""
+        return self._request[1]
 
     @property
     def shared(self) -> bool:
         """False for an exclusive lock; True for a shared lock or a semaphore slot."""
-        return self._grant.shared
+        return self._request[2]
+
+    @property
+    def token(self) -> int:
+        """The fencing token of this grant.
+
+        Raises:
+            RuntimeError: The lease has not been acquired yet.
+        """
+        return self._held_grant().token
 
     @property
     def lost(self) -> bool:
@@ -80,6 +98,80 @@ class Lease:
         """True once ``release()`` was called."""
         return self._released
 
+    def _held_grant(self) -> Grant:
+        if self._grant is None:
+            raise RuntimeError(f"{self!r} has not been acquired: await it or use `async with`")
+        return self._grant
+
+    def __repr__(self) -> str:
+        if self._grant is None:
+            return f"Lease(key={self.key!r}, shared={self.shared}, state=pending)"
+        state = "released" if self._released else "lost" if self._lost else "held"
+        return (
+            f"Lease(key={self.key!r}, token={self._grant.token}, shared={self.shared}, "
+            f"state={state})"
+        )
+
+    # -- acquiring -------------------------------------------------------------------------
+
+    def _try_now(self) -> bool:
+        """In-process fast path: take the grant without suspending if it is free now."""
+        if self._grant is not None or self._released:
+            raise RuntimeError(f"{self!r} was already acquired; a lease is acquired once")
+        try_acquire = self._coordinator._try_acquire
+        if try_acquire is None:
+            return False
+        resource, _, shared, capacity, _, _, _, lease_ttl, _ = self._request
+        grant = try_acquire(resource, shared, capacity, lease_ttl)
+        if grant is None:
+            return False
+        self._grant = grant
+        return True
+
+    def __await__(self) -> Generator[Any, None, Lease]:
+        # _try_now() inlined: this is the hottest line of the library.
+        try_acquire = self._coordinator._try_acquire
+        if try_acquire is not None and self._grant is None and not self._released:
+            resource, _, shared, capacity, _, _, _, lease_ttl, _ = self._request
+            grant = try_acquire(resource, shared, capacity, lease_ttl)
+            if grant is not None:
+                self._grant = grant
+                return self
+        if not self._try_now():
+            yield from self._coordinator._acquire(self).__await__()
+        return self
+
+    async def __aenter__(self) -> Lease:
+        if not self._try_now():
+            await self._coordinator._acquire(self)
+        if self._coordinator._renewer is not None and self._request[8] == "cancel":
+            # The body runs inside this scope; _mark_lost cancels it. Entered here and exited
+            # in __aexit__, in the same task, so the scopes nest correctly.
+            scope = anyio.CancelScope()
+            scope.__enter__()
+            self._scope = scope
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None and scope.__exit__(exc_type, exc, tb):
+            # The scope swallowed its own cancellation: the body was cancelled because the
+            # lease was lost. The body's exception is that cancellation, not the user's.
+            exc = None
+        try:
+            await self.release()
+        except LeaseLost as lost:
+            if exc is not None and not isinstance(exc, LeaseLost):
+                raise lost from exc
+            raise
+
+    # -- holding ---------------------------------------------------------------------------
+
     async def release(self) -> None:
         """End the lease and hand the key to the next waiter.
 
@@ -90,8 +182,8 @@ class Lease:
             BackendError: The server could not be told; the grant then expires by itself.
         """
         release_nowait = self._coordinator._release_nowait
-        if release_nowait is not None and not self._released:
-            # In-process fast path: never suspends and such leases are never lost.
+        if release_nowait is not None and not self._released and self._grant is not None:
+            # In-process fast path: never suspends, and such leases are never lost.
             self._released = True
             release_nowait(self._grant)
             return
@@ -110,9 +202,5 @@ class Lease:
         if self._lost or self._released:
             return
         self._lost = True
-        if self._scope is not None and self._on_lost == "cancel":
+        if self._scope is not None and self._request[8] == "cancel":
             self._scope.cancel()
-
-    def __repr__(self) -> str:
-        state = "released" if self._released else "lost" if self._lost else "held"
-        return f"Lease(key={self._key!r}, token={self.token}, shared={self.shared}, state={state})"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
 import anyio
 
-from ._acquire import AcquireContext
 from ._keys import MAX_KEY_BYTES, check_key
 from ._lease import Lease, OnLost
 from ._registry import load_backend
@@ -95,9 +95,13 @@ class Coordinator:
         self._remote = bool(backend_cls.remote)
         self._renewer = Renewer(self._backend) if self._remote else None
         # Optional synchronous fast path (in-process backends only; see FastPath).
-        fast = not self._remote and isinstance(self._backend, FastPath)
-        self._try_acquire = self._backend.try_acquire if fast else None  # type: ignore[attr-defined]
-        self._release_nowait = self._backend.release_nowait if fast else None  # type: ignore[attr-defined]
+        fast = self._backend if not self._remote and isinstance(self._backend, FastPath) else None
+        self._try_acquire: Callable[[str, bool, int | None, float], Grant | None] | None = (
+            None if fast is None else fast.try_acquire
+        )
+        self._release_nowait: Callable[[Grant], None] | None = (
+            None if fast is None else fast.release_nowait
+        )
         self._closed = False
         self._lease_ttl = float(settings.lease_ttl)
         self._hold_ewma: float | None = None  # seconds; feeds Unavailable.retry_after
@@ -139,6 +143,7 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
+        self._try_acquire = None  # the fast path must not bypass the closed check
         with anyio.CancelScope(shield=True):
             if self._renewer is not None:
                 await self._renewer.aclose()
@@ -156,7 +161,7 @@ class Coordinator:
         max_waiting: int | None = None,
         lease_ttl: float | None = None,
         on_lost: OnLost = "cancel",
-    ) -> AcquireContext:
+    ) -> Lease:
         """Request the lock ``key``: ``async with`` it, or ``await`` it for a ``Lease``.
 
         Args:
@@ -191,9 +196,8 @@ class Coordinator:
             and wait is True
             and on_lost == "cancel"
         ):  # all defaults: nothing to validate (the hot path)
-            return AcquireContext(
-                self,
-                ("l:" + key, key, False, None, None, True, None, self._lease_ttl, "cancel"),
+            return Lease(
+                self, ("l:" + key, key, False, None, None, True, None, self._lease_ttl, "cancel")
             )
         return self._request(
             "l:" + key, key, shared, None, timeout, wait, max_waiting, lease_ttl, on_lost
@@ -209,7 +213,7 @@ class Coordinator:
         max_waiting: int | None = None,
         lease_ttl: float | None = None,
         on_lost: OnLost = "cancel",
-    ) -> AcquireContext:
+    ) -> Lease:
         """Request one of ``capacity`` slots of ``name``: FIFO, cluster-wide.
 
         Options mean what they mean for :meth:`acquire`. Every caller of one name should
@@ -242,7 +246,7 @@ class Coordinator:
         max_waiting: int | None,
         lease_ttl: float | None,
         on_lost: OnLost,
-    ) -> AcquireContext:
+    ) -> Lease:
         # Validation is eager (at call time, before any await) so bad input never reaches
         # a backend; the common all-defaults case skips straight through.
         if timeout is not None:
@@ -256,22 +260,13 @@ class Coordinator:
             raise ConfigError(f"on_lost must be 'cancel' or 'ignore', got {on_lost!r}")
         if type(shared) is not bool or type(wait) is not bool:
             raise ConfigError("shared and wait must be bool")
-        return AcquireContext(
+        return Lease(
             self, (resource, key, shared, capacity, timeout, wait, max_waiting, ttl, on_lost)
         )
 
-    async def _acquire(
-        self,
-        resource: str,
-        key: str,
-        shared: bool,
-        capacity: int | None,
-        timeout: float | None,
-        wait: bool,
-        max_waiting: int | None,
-        lease_ttl: float,
-        on_lost: OnLost,
-    ) -> Lease:
+    async def _acquire(self, lease: Lease) -> None:
+        """Acquire ``lease`` through the backend (the slow path: it may wait)."""
+        resource, key, shared, capacity, timeout, wait, max_waiting, lease_ttl, _ = lease._request
         if self._closed:
             raise ConfigError(f"{self!r} is closed")
         # timeout=0 means "do not wait at all": wait=False, reported as a timeout. (A zero
@@ -299,18 +294,19 @@ class Coordinator:
             exc.key = key
             exc.retry_after = self._retry_after(capacity)
             raise exc from exc.__cause__
-        lease = Lease(self, grant, key, on_lost)
+        lease._grant = grant
         if self._renewer is not None:
             self._renewer.track(lease, grant)
-        return lease
 
     async def _release(self, lease: Lease) -> None:
+        grant = lease._grant
+        if grant is None:
+            raise RuntimeError(f"{lease!r} has not been acquired; there is nothing to release")
         if lease._released:
             if lease._lost:
                 raise LeaseLost(f"the lease on {lease.key!r} was lost", key=lease.key)
             return
         lease._released = True
-        grant = lease._grant
         self._observe_hold(time.monotonic() - grant.acquired_at)
         if self._renewer is None:
             # In-process backends never suspend in release, so no cancellation can land here.
@@ -329,11 +325,12 @@ class Coordinator:
             raise LeaseLost(f"the lease on {lease.key!r} was lost while held", key=lease.key)
 
     async def _verify(self, lease: Lease) -> None:
+        grant = lease._held_grant()
         if not lease._lost and not lease._released:
-            if await self._backend.verify(lease._grant):
+            if await self._backend.verify(grant):
                 return
             if self._renewer is not None:
-                self._renewer.lost(lease._grant)
+                self._renewer.lost(grant)
             lease._mark_lost()
         state = "released" if lease._released and not lease._lost else "lost"
         raise LeaseLost(f"the lease on {lease.key!r} is {state}", key=lease.key)

@@ -27,6 +27,8 @@ from ._base import Grant, HolderInfo, LostCallback, describe
 
 __all__ = ["MemoryBackend"]
 
+_monotonic = time.monotonic  # bound once: called on every grant
+
 
 class _Waiter:
     __slots__ = ("capacity", "event", "grant", "lease_ttl", "shared")
@@ -95,7 +97,7 @@ class MemoryBackend:
         """
         entry = self._entries.get(resource)
         if entry is None:
-            grant = Grant(resource, next(self._tokens), shared, lease_ttl, time.monotonic())
+            grant = Grant(resource, next(self._tokens), shared, lease_ttl, _monotonic())
             self._entries[resource] = grant
             return grant
         if isinstance(entry, Grant):
@@ -152,7 +154,7 @@ class MemoryBackend:
         return waiter.grant
 
     def _grant(self, entry: _Entry, resource: str, shared: bool, lease_ttl: float) -> Grant:
-        grant = Grant(resource, next(self._tokens), shared, lease_ttl, time.monotonic())
+        grant = Grant(resource, next(self._tokens), shared, lease_ttl, _monotonic())
         entry.holders.add(grant)
         entry.exclusive = not shared
         return grant

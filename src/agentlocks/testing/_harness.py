@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 import agentlocks
-from agentlocks import AcquireContext, Coordinator, Lease
+from agentlocks import Coordinator, Lease
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class SuiteHarness:
         return bool(coord.backend.remote)
 
     @staticmethod
-    def start(request: AcquireContext) -> asyncio.Task[Lease]:
+    def start(request: Lease) -> asyncio.Task[Lease]:
         """Start waiting for ``request`` in a new task; the task's result is the lease."""
 
         async def wait_for_it() -> Lease:
