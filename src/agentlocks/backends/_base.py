@@ -38,7 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from agentlocks._url import Settings
 
 __all__ = ["Backend", "FastPath", "Grant", "HolderInfo", "KeyInfo", "LostCallback"]
 
@@ -109,6 +112,10 @@ class Backend(Protocol):
 
     remote: ClassVar[bool]
     option_names: ClassVar[frozenset[str]]
+
+    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+        """Keep the settings; connect lazily (no I/O here). Call ``on_lost`` on losses."""
+        ...
 
     async def acquire(
         self,
