@@ -1,6 +1,8 @@
 """``coord.registry(name)``: reader/writer locking plus a published generation.
 
-Readers hold the registry's lock shared, writers exclusive (FIFO, so writers never starve).
+Readers hold the lock named like the registry shared, writers exclusive (FIFO, so writers
+never starve): it is exactly ``coord.acquire(name, shared=...)``, so ``inspect(name)`` shows
+its holders.
 The generation lives in the backend, so every replica sees it; a writer publishes
 ``current + 1`` only when its block exits without error, and publishing never lowers it.
 """
@@ -55,7 +57,7 @@ class Registry:
         """Hold the registry shared; yields the generation published now."""
         coord = self._coordinator
         async with coord._request(
-            "r:" + self._name, self._name, True, None, timeout, True, None, None, "cancel"
+            "l:" + self._name, self._name, True, None, timeout, True, None, None, "cancel"
         ):
             yield await coord.backend.read_generation(self._name)
 
@@ -67,7 +69,7 @@ class Registry:
         """
         coord = self._coordinator
         async with coord._request(
-            "r:" + self._name, self._name, False, None, timeout, True, None, None, "cancel"
+            "l:" + self._name, self._name, False, None, timeout, True, None, None, "cancel"
         ) as lease:
             generation = await coord.backend.read_generation(self._name) + 1
             yield generation

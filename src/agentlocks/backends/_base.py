@@ -8,9 +8,10 @@ A third-party backend implements :class:`Backend` and proves itself with
 ``agentlocks.testing``.
 
 Resources. The coordinator hands backends a *resource* string, never a raw user key:
-``"l:" + key`` for locks, ``"s:" + name`` for semaphores, ``"r:" + name`` for registry
-locks. Backends treat it as opaque bytes (it may hold any Unicode) and scope it by
-``settings.namespace``.
+``"l:" + key`` for locks (a registry's lock is the lock named like the registry) and
+``"s:" + name`` for semaphores. Backends treat it as opaque (it may hold any Unicode) and
+scope it by ``settings.namespace``. Registry generations are stored under the registry's
+plain name, apart from locks.
 
 Semantics every method must keep (the guarantees of API.md, from the backend's side):
 

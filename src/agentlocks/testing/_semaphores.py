@@ -120,7 +120,7 @@ class SemaphoreGuarantees(SuiteHarness):
     async def settle_registry(self, coord: Coordinator, holders: int, waiting: int) -> None:
         """Wait until the "tools" registry lock has that many holders and waiters."""
         while True:
-            current, queued = await coord.backend.inspect("r:tools")
+            current, queued = await coord.backend.inspect("l:tools")
             if (len(current), queued) == (holders, waiting):
                 return
             await asyncio.sleep(0.001)
