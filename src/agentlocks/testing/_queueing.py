@@ -141,6 +141,21 @@ class QueueGuarantees(SuiteHarness):
         await self.assert_idle(coord, "race")
 
     @conformance
+    async def test_release_right_after_a_cancel_skips_the_cancelled_waiter(
+        self, coord: Coordinator
+    ) -> None:
+        """A waiter cancelled just before a release is not granted; the next one is."""
+        lease = await coord.acquire("skip")
+        doomed, survivor = await self.queue_up(coord, "skip", "xx")
+        doomed.cancel()  # its cleanup has not run yet ...
+        await lease.release()  # ... when the key is handed on
+        results = await asyncio.gather(doomed, return_exceptions=True)
+        if isinstance(results[0], Lease):  # a remote grant may have won the race
+            await results[0].release()
+        await (await asyncio.wait_for(survivor, 10)).release()
+        await self.assert_idle(coord, "skip")
+
+    @conformance
     async def test_timeout_raises_and_leaves_the_queue(self, coord: Coordinator) -> None:
         """A timed-out request raises AcquireTimeout (a TimeoutError) and is no longer queued."""
         async with coord.acquire("slow"):
