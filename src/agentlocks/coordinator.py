@@ -22,8 +22,16 @@ from ._lease import Lease, OnLost
 from ._registry import load_backend
 from ._registry_lock import Registry
 from ._renewal import Renewer
-from ._url import DEFAULT_URL, build_settings, parse_lease_ttl, parse_timeout, split_url
+from ._url import (
+    DEFAULT_URL,
+    Settings,
+    build_settings,
+    parse_lease_ttl,
+    parse_timeout,
+    split_url,
+)
 from .backends._base import Backend, FastPath, Grant, KeyInfo
+from .decorators import Backpressure, KeySpec, Serialized
 from .errors import AcquireTimeout, Busy, ConfigError, LeaseLost, Unavailable
 
 __all__ = ["Coordinator", "connect"]
@@ -89,9 +97,9 @@ class Coordinator:
     Use it as an async context manager, or call :meth:`aclose` on shutdown.
     """
 
-    def __init__(self, settings: Any, backend_cls: type[Backend]) -> None:
+    def __init__(self, settings: Settings, backend_cls: type[Backend]) -> None:
         self._settings = settings
-        self._backend: Backend = backend_cls(settings, self._on_backend_lost)  # type: ignore[call-arg]
+        self._backend: Backend = backend_cls(settings, self._on_backend_lost)
         self._remote = bool(backend_cls.remote)
         self._renewer = Renewer(self._backend) if self._remote else None
         # Optional synchronous fast path (in-process backends only; see FastPath).
@@ -115,12 +123,12 @@ class Coordinator:
     @property
     def namespace(self) -> str:
         """The namespace this coordinator's keys live in."""
-        return str(self._settings.namespace)
+        return self._settings.namespace
 
     @property
     def lease_ttl(self) -> float:
         """The default lease time-to-live, in seconds."""
-        return float(self._settings.lease_ttl)
+        return self._lease_ttl
 
     @property
     def backend(self) -> Backend:
@@ -338,6 +346,82 @@ class Coordinator:
     def _on_backend_lost(self, grant: Grant) -> None:
         if self._renewer is not None:
             self._renewer.lost(grant)
+
+    # -- backpressure decorators ------------------------------------------------------------
+
+    def serialized(
+        self,
+        key: KeySpec,
+        /,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        wait: bool = True,
+        max_waiting: int | None = None,
+        lease_ttl: float | None = None,
+        on_lost: OnLost = "cancel",
+    ) -> Serialized:
+        """Decorate an ``async def`` so calls with the same key run one at a time, FIFO.
+
+        Args:
+            key: A template formatted from the call's bound arguments, defaults applied
+                (``"user:{user_id}"``, ``"{tenant}:{thread_id}"``, ``"{req.user_id}"``), or
+                a callable taking the same arguments and returning the key.
+            shared, timeout, wait, max_waiting, lease_ttl, on_lost: As for :meth:`acquire`.
+
+        Raises:
+            ConfigError: A malformed template or a bad option, here.
+            TypeError: When decorating: the function is not ``async def``, or the template
+                names a parameter it does not have. A key that formats to something
+                invalid raises ``InvalidKey`` when called, before waiting.
+
+        Example:
+            >>> import agentlocks, anyio
+            >>> coord = agentlocks.connect()
+            >>> @coord.serialized("{tenant}:{thread_id}")
+            ... async def run(tenant: str, thread_id: int) -> str:
+            ...     info = await coord.inspect(f"{tenant}:{thread_id}")
+            ...     return f"held={info.held}"
+            >>> anyio.run(run, "acme", 7)
+            'held=True'
+        """
+        return Serialized(
+            self, key,
+            {"shared": shared, "timeout": timeout, "wait": wait, "max_waiting": max_waiting,
+             "lease_ttl": lease_ttl, "on_lost": on_lost},
+        )  # fmt: skip
+
+    def backpressure(
+        self,
+        name: str,
+        *,
+        capacity: int,
+        max_waiting: int | None = None,
+        timeout: float | None = None,
+        lease_ttl: float | None = None,
+        on_lost: OnLost = "cancel",
+    ) -> Backpressure:
+        """Cap concurrent calls cluster-wide (``semaphore(name, capacity)``), failing fast.
+
+        A call beyond ``capacity`` waits FIFO; it fails with ``QueueFull`` if
+        ``max_waiting`` calls already wait, or ``AcquireTimeout`` after ``timeout`` seconds.
+        Both are ``Unavailable`` with a ``retry_after`` estimate (HTTP 503 under
+        ``agentlocks.fastapi``). Stack it *below* :meth:`serialized` (see
+        ``agentlocks.decorators``). The result also offers ``async with limiter.slot():``.
+
+        Example:
+            >>> import agentlocks, anyio
+            >>> coord = agentlocks.connect()
+            >>> @coord.backpressure("ingest", capacity=5, max_waiting=50, timeout=30)
+            ... async def ingest(doc: str) -> int:
+            ...     return len(doc)
+            >>> anyio.run(ingest, "abc")
+            3
+        """
+        return Backpressure(
+            self, name, capacity=capacity, max_waiting=max_waiting, timeout=timeout,
+            lease_ttl=lease_ttl, on_lost=on_lost,
+        )  # fmt: skip
 
     # -- retry_after estimate ---------------------------------------------------------------
 
