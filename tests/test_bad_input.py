@@ -73,6 +73,14 @@ def test_bad_options_raise_config_error(options: dict[str, object], message: str
         coord.acquire("k", **options)  # type: ignore[arg-type]
 
 
+def test_unknown_options_raise_type_error() -> None:
+    """An option the method does not take is a TypeError, as for any keyword parameter."""
+    with pytest.raises(TypeError, match="acquire\\(\\) got an unexpected keyword argument 'ttl'"):
+        coord.acquire("k", ttl=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shared'"):
+        coord.semaphore("s", 2, shared=True)  # type: ignore[call-arg]
+
+
 @pytest.mark.parametrize("capacity", [0, -1, 1.5, "2", True, None])
 def test_bad_capacity_raises_config_error(capacity: object) -> None:
     """A semaphore capacity that is not an int >= 1 raises ConfigError."""

@@ -5,6 +5,8 @@ One API, three backends chosen by URL: ``memory://`` (default), ``redis://`` and
 """
 
 from ._lease import Lease as Lease
+from ._options import LockOptions as LockOptions
+from ._options import SemaphoreOptions as SemaphoreOptions
 from ._registry import register_backend as register_backend
 from ._registry_lock import Registry as Registry
 from .backends._base import HolderInfo as HolderInfo
@@ -38,8 +40,10 @@ __all__ = [
     "KeyInfo",
     "Lease",
     "LeaseLost",
+    "LockOptions",
     "QueueFull",
     "Registry",
+    "SemaphoreOptions",
     "ThreadBusy",
     "Unavailable",
     "__version__",

@@ -56,9 +56,7 @@ class Registry:
     async def read(self, *, timeout: float | None = None) -> AsyncIterator[int]:
         """Hold the registry shared; yields the generation published now."""
         coord = self._coordinator
-        async with coord._request(
-            "l:" + self._name, self._name, True, None, timeout, True, None, None, "cancel"
-        ):
+        async with coord.acquire(self._name, shared=True, timeout=timeout):
             yield await coord.backend.read_generation(self._name)
 
     @asynccontextmanager
@@ -68,9 +66,7 @@ class Registry:
         The generation is published only if the block exits without an exception.
         """
         coord = self._coordinator
-        async with coord._request(
-            "l:" + self._name, self._name, False, None, timeout, True, None, None, "cancel"
-        ) as lease:
+        async with coord.acquire(self._name, timeout=timeout) as lease:
             generation = await coord.backend.read_generation(self._name) + 1
             yield generation
             # Still under the exclusive lease: no other writer can publish between our read

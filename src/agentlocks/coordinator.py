@@ -16,20 +16,15 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import anyio
+from typing_extensions import Unpack
 
 from ._keys import MAX_KEY_BYTES, check_key
 from ._lease import Lease, OnLost
+from ._options import LockOptions, SemaphoreOptions, build_request
 from ._registry import load_backend
 from ._registry_lock import Registry
 from ._renewal import Renewer
-from ._url import (
-    DEFAULT_URL,
-    Settings,
-    build_settings,
-    parse_lease_ttl,
-    parse_timeout,
-    split_url,
-)
+from ._url import DEFAULT_URL, Settings, build_settings, split_url
 from .backends._base import Backend, FastPath, Grant, KeyInfo
 from .decorators import Backpressure, KeySpec, Serialized
 from .errors import AcquireTimeout, Busy, ConfigError, LeaseLost, Unavailable
@@ -112,7 +107,7 @@ class Coordinator:
         )
         self._closed = False
         self._lease_ttl = float(settings.lease_ttl)
-        self._hold_ewma: float | None = None  # seconds; feeds Unavailable.retry_after
+        self._wait_ewma: float | None = None  # seconds; feeds Unavailable.retry_after
 
     def __repr__(self) -> str:
         return (
@@ -159,31 +154,17 @@ class Coordinator:
 
     # -- locks and semaphores ------------------------------------------------------------
 
-    def acquire(
-        self,
-        key: str,
-        *,
-        shared: bool = False,
-        timeout: float | None = None,
-        wait: bool = True,
-        max_waiting: int | None = None,
-        lease_ttl: float | None = None,
-        on_lost: OnLost = "cancel",
-    ) -> Lease:
-        """Request the lock ``key``: ``async with`` it, or ``await`` it for a ``Lease``.
+    def acquire(self, key: str, **options: Unpack[LockOptions]) -> Lease:
+        """Request the lock ``key``: ``async with`` it, or ``await`` it for a held ``Lease``.
 
         Args:
             key: Any ``str`` of 1 to 1024 UTF-8 bytes.
-            shared: Share the key with other shared holders (readers); exclusive otherwise.
-            timeout: Seconds to wait; None waits for ever. ``AcquireTimeout`` when elapsed.
-            wait: False fails at once with ``Busy`` if the key cannot be granted now.
-            max_waiting: Fail at once with ``QueueFull`` if this many requests already wait.
-            lease_ttl: Lease time-to-live on remote backends (coordinator default if None).
-            on_lost: ``"cancel"`` cancels the ``async with`` body when the lease is lost;
-                ``"ignore"`` lets it run on. Leaving the block raises ``LeaseLost`` either way.
+            **options: ``shared=False``, ``timeout=None``, ``wait=True``,
+                ``max_waiting=None``, ``lease_ttl=None``, ``on_lost="cancel"``; see
+                :class:`~agentlocks.LockOptions` for what each one means.
 
         Raises:
-            InvalidKey, ConfigError: Bad arguments, raised here before any I/O.
+            InvalidKey, ConfigError, TypeError: Bad arguments, raised here before any I/O.
 
         Example:
             >>> import agentlocks, anyio
@@ -196,36 +177,20 @@ class Coordinator:
         """
         if type(key) is not str or not key.isascii() or not 0 < len(key) <= MAX_KEY_BYTES:
             check_key(key)  # the slow, thorough check; raises InvalidKey with the reason
-        if (
-            timeout is None
-            and lease_ttl is None
-            and max_waiting is None
-            and shared is False
-            and wait is True
-            and on_lost == "cancel"
-        ):  # all defaults: nothing to validate (the hot path)
+        if not options:  # all defaults: nothing to validate (the hot path)
             return Lease(
                 self, ("l:" + key, key, False, None, None, True, None, self._lease_ttl, "cancel")
             )
-        return self._request(
-            "l:" + key, key, shared, None, timeout, wait, max_waiting, lease_ttl, on_lost
+        return Lease(
+            self, build_request("acquire", "l:" + key, key, None, options, self._lease_ttl)
         )
 
-    def semaphore(
-        self,
-        name: str,
-        capacity: int,
-        *,
-        timeout: float | None = None,
-        wait: bool = True,
-        max_waiting: int | None = None,
-        lease_ttl: float | None = None,
-        on_lost: OnLost = "cancel",
-    ) -> Lease:
+    def semaphore(self, name: str, capacity: int, **options: Unpack[SemaphoreOptions]) -> Lease:
         """Request one of ``capacity`` slots of ``name``: FIFO, cluster-wide.
 
-        Options mean what they mean for :meth:`acquire`. Every caller of one name should
-        pass the same ``capacity``; each request is admitted against the capacity it carries.
+        Options are those of :meth:`acquire` but ``shared`` (see
+        :class:`~agentlocks.SemaphoreOptions`). Every caller of one name should pass the same
+        ``capacity``; each request is admitted against the capacity it carries.
 
         Example:
             >>> import agentlocks, anyio
@@ -239,38 +204,8 @@ class Coordinator:
         check_key(name, "semaphore name")
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ConfigError(f"capacity must be an int >= 1, got {capacity!r}")
-        return self._request(
-            "s:" + name, name, True, capacity, timeout, wait, max_waiting, lease_ttl, on_lost
-        )
-
-    def _request(
-        self,
-        resource: str,
-        key: str,
-        shared: bool,
-        capacity: int | None,
-        timeout: float | None,
-        wait: bool,
-        max_waiting: int | None,
-        lease_ttl: float | None,
-        on_lost: OnLost,
-    ) -> Lease:
-        # Validation is eager (at call time, before any await) so bad input never reaches
-        # a backend; the common all-defaults case skips straight through.
-        if timeout is not None:
-            timeout = parse_timeout(timeout)
-        if max_waiting is not None and (
-            isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0
-        ):
-            raise ConfigError(f"max_waiting must be None or an int >= 0, got {max_waiting!r}")
-        ttl = self._lease_ttl if lease_ttl is None else parse_lease_ttl(lease_ttl)
-        if on_lost != "cancel" and on_lost != "ignore":
-            raise ConfigError(f"on_lost must be 'cancel' or 'ignore', got {on_lost!r}")
-        if type(shared) is not bool or type(wait) is not bool:
-            raise ConfigError("shared and wait must be bool")
-        return Lease(
-            self, (resource, key, shared, capacity, timeout, wait, max_waiting, ttl, on_lost)
-        )
+        request = build_request("semaphore", "s:" + name, name, capacity, options, self._lease_ttl)
+        return Lease(self, request)
 
     async def _acquire(self, lease: Lease) -> None:
         """Acquire ``lease`` through the backend (the slow path: it may wait)."""
@@ -280,6 +215,7 @@ class Coordinator:
         # timeout=0 means "do not wait at all": wait=False, reported as a timeout. (A zero
         # deadline would cancel a remote request before it even reached the server.)
         immediate = timeout == 0 or not wait
+        started = time.monotonic()
         try:
             if timeout is None or immediate:
                 grant = await self._backend.acquire(
@@ -300,8 +236,10 @@ class Coordinator:
             if isinstance(exc, Busy) and timeout == 0 and wait:
                 exc = AcquireTimeout(f"{key!r} is not free and timeout=0", key=key)
             exc.key = key
-            exc.retry_after = self._retry_after(capacity)
+            exc.retry_after = self._retry_after()
             raise exc from exc.__cause__
+        if not immediate:
+            self._observe_wait(time.monotonic() - started)
         lease._grant = grant
         if self._renewer is not None:
             self._renewer.track(lease, grant)
@@ -315,7 +253,6 @@ class Coordinator:
                 raise LeaseLost(f"the lease on {lease.key!r} was lost", key=lease.key)
             return
         lease._released = True
-        self._observe_hold(time.monotonic() - grant.acquired_at)
         if self._renewer is None:
             # In-process backends never suspend in release, so no cancellation can land here.
             await self._backend.release(grant)
@@ -425,15 +362,21 @@ class Coordinator:
 
     # -- retry_after estimate ---------------------------------------------------------------
 
-    def _observe_hold(self, seconds: float) -> None:
-        previous = self._hold_ewma
-        self._hold_ewma = seconds if previous is None else previous + 0.1 * (seconds - previous)
+    def _observe_wait(self, seconds: float) -> None:
+        previous = self._wait_ewma
+        self._wait_ewma = seconds if previous is None else previous + 0.2 * (seconds - previous)
 
-    def _retry_after(self, capacity: int | None) -> float:
-        """Estimate when a retry is worth it: one typical hold time per slot, at least 1 ms."""
-        if self._hold_ewma is None:
+    def _retry_after(self) -> float:
+        """Estimate, for an ``Unavailable``, when a retry is worth it.
+
+        The recent wait of requests that were granted after queueing (a moving average,
+        fed only on the slow path, so the uncontended path pays nothing): a request
+        retrying after that long meets a queue about as long as the ones that just got
+        through. One second until anything was measured; at least 1 ms.
+        """
+        if self._wait_ewma is None:
             return 1.0
-        return max(self._hold_ewma / (capacity or 1), 0.001)
+        return max(self._wait_ewma, 0.001)
 
     # -- observability and registries ----------------------------------------------------------
 
