@@ -100,3 +100,23 @@ async def test_stress_many_tasks_random_cancellations(seed: int) -> None:
     for i in range(8):
         info = await coord.inspect(f"k{i}")
         assert (info.holders, info.waiting) == ((), 0)
+
+
+async def test_retry_after_follows_measured_waits() -> None:
+    """After requests waited ~50 ms to be granted, a refusal suggests about that, not 1 s."""
+    coord = agentlocks.connect()
+
+    async def hold_briefly(lease: agentlocks.Lease) -> None:
+        await asyncio.sleep(0.05)
+        await lease.release()
+
+    for _ in range(3):
+        holder = await coord.acquire("r")
+        release = asyncio.create_task(hold_briefly(holder))
+        async with coord.acquire("r", timeout=5):  # waits ~50 ms on the slow path
+            pass
+        await release
+    async with coord.acquire("r"):
+        with pytest.raises(agentlocks.Busy) as refused:
+            await coord.acquire("r", wait=False)
+    assert 0.02 < refused.value.retry_after < 0.5
