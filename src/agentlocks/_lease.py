@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ._telemetry import TELEMETRY
 from .backends._base import Grant
 from .errors import LeaseLost
 
@@ -211,5 +212,6 @@ class Lease:
         if self._lost or self._released:
             return
         self._lost = True
+        TELEMETRY.lost(self._request[0])
         if self._scope is not None and self._request[8] == "cancel":
             self._scope.cancel()

@@ -24,6 +24,7 @@ from ._options import LockOptions, SemaphoreOptions, build_request
 from ._registry import load_backend
 from ._registry_lock import Registry
 from ._renewal import Renewer
+from ._telemetry import TELEMETRY
 from ._url import DEFAULT_URL, Settings, build_settings, split_url
 from .backends._base import Backend, FastPath, Grant, KeyInfo
 from .decorators import Backpressure, KeySpec, Serialized
@@ -216,6 +217,8 @@ class Coordinator:
         # deadline would cancel a remote request before it even reached the server.)
         immediate = timeout == 0 or not wait
         started = time.monotonic()
+        if not immediate:
+            TELEMETRY.waiting(resource, +1)
         try:
             if timeout is None or immediate:
                 grant = await self._backend.acquire(
@@ -237,9 +240,15 @@ class Coordinator:
                 exc = AcquireTimeout(f"{key!r} is not free and timeout=0", key=key)
             exc.key = key
             exc.retry_after = self._retry_after()
+            TELEMETRY.rejected(resource, exc.code, str(exc))
             raise exc from exc.__cause__
+        finally:
+            if not immediate:
+                TELEMETRY.waiting(resource, -1)
         if not immediate:
-            self._observe_wait(time.monotonic() - started)
+            waited = time.monotonic() - started
+            self._observe_wait(waited)
+            TELEMETRY.granted(resource, waited)
         lease._grant = grant
         if self._renewer is not None:
             self._renewer.track(lease, grant)
@@ -253,6 +262,7 @@ class Coordinator:
                 raise LeaseLost(f"the lease on {lease.key!r} was lost", key=lease.key)
             return
         lease._released = True
+        TELEMETRY.released(grant.resource, time.monotonic() - grant.acquired_at)
         if self._renewer is None:
             # In-process backends never suspend in release, so no cancellation can land here.
             await self._backend.release(grant)
