@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,9 @@ class Renewer:
         self._tracked: dict[Grant, tuple[Lease, float]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        self._due = math.inf  # monotonic time the task sleeps toward
+        self._retry_at = 0.0  # after a failed renewal, no new attempt before this
+        self._interval = 1.0  # the last renewal interval (seconds), also the idle linger
 
     def __len__(self) -> int:
         return len(self._tracked)
@@ -47,8 +51,8 @@ class Renewer:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="agentlocks-lease-renewal"
             )
-        else:
-            # A shorter TTL may need an earlier tick than the one the task sleeps toward.
+        elif grant.acquired_at + grant.lease_ttl * RENEW_FRACTION < self._due:
+            # A shorter TTL needs an earlier tick than the one the task sleeps toward.
             self._wakeup.set()
 
     def untrack(self, grant: Grant) -> None:
@@ -71,11 +75,29 @@ class Renewer:
                 await task
 
     async def _run(self) -> None:
-        while self._tracked:
-            interval = min(grant.lease_ttl for grant in self._tracked) * RENEW_FRACTION
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), interval)
+        idle = False
+        while True:
+            now = time.monotonic()
+            if self._tracked:
+                idle = False
+                self._interval = min(g.lease_ttl for g in self._tracked) * RENEW_FRACTION
+                # Renew when the lease renewed (or granted) longest ago is due; the batch
+                # renews every other lease with it.
+                due = min(
+                    sent + g.lease_ttl * RENEW_FRACTION for g, (_, sent) in self._tracked.items()
+                )
+                self._due = max(due, self._retry_at)
+            elif idle:
+                self._due = math.inf
+                return  # nothing to renew for a whole interval; track() starts a new task
+            else:
+                idle = True  # linger one interval, so steady traffic keeps this task
+                self._due = now + self._interval
+            if self._due > now:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._due - now)
+                continue
             await self._renew_all()
 
     async def _renew_all(self) -> None:
@@ -90,6 +112,7 @@ class Renewer:
             # server; the others may have been granted to someone else by now.
             logger.warning("lease renewal failed: %s", exc)
             now = time.monotonic()
+            self._retry_at = now + self._interval
             for grant in grants:
                 entry = self._tracked.get(grant)
                 if entry is not None and now - entry[1] >= grant.lease_ttl:

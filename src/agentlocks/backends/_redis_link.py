@@ -1,0 +1,294 @@
+"""How one Redis backend talks to its server: connections, call deadlines, errors.
+
+* Options (``connect_timeout``, ``socket_timeout``, ``max_connections``, ``ssl_*``) are
+  checked when the backend is built, before any I/O.
+* Commands run on connections of our own, made on demand from the URL's settings (a
+  redis-py ``ConnectionPool`` parses them; we only use its connection factory). A call
+  borrows an idle connection, sends its command, reads the reply and gives it back: no
+  pool lock, retry wrapper or per-command hooks, which on a small machine cost about as
+  much CPU as the rest of the call. At most ``max_connections`` calls are in flight (a
+  FIFO gate; a call beyond it waits, untimed), so there are never more connections.
+* A connection the server closed while it sat idle (a restart, an idle timeout) fails on
+  its next use; the call is then sent once more on a new connection. Every script is
+  idempotent per request, so a repeat cannot do anything twice.
+* A user's own client (``connect(redis=client)``) is used through its public API and
+  never closed.
+* Every call is bounded by ``socket_timeout`` (one shared timer, ``_redis_flow.py``); new
+  connections by ``connect_timeout``. Driver errors become ``BackendError`` with the driver
+  error as ``__cause__`` and the password masked. A call cancelled mid-flight leaves its
+  connection closed by redis-py, so no reply is ever read by the wrong caller.
+* The inbox is a connection of its own (RESP2 pub/sub, no read timeout: it waits for
+  messages), made with the same settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+
+from agentlocks._url import Settings
+from agentlocks.errors import BackendError, ConfigError
+
+from ._redis_flow import CallTimer, Gate
+from ._redis_scripts import Call, Script, run_batch, run_script
+
+__all__ = ["OPTION_NAMES", "Link"]
+
+T = TypeVar("T")
+
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_SOCKET_TIMEOUT: Final = 5.0
+DEFAULT_MAX_CONNECTIONS: Final = 32
+_SSL_OPTIONS: Final = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile"})
+#: The backend options accepted in the URL query or as ``connect()`` keywords.
+OPTION_NAMES: Final = frozenset({"connect_timeout", "socket_timeout", "max_connections"}) | (
+    _SSL_OPTIONS
+)
+FAILURES: Final = (RedisError, OSError)  # OSError includes TimeoutError and refused sockets
+
+
+class Link:
+    """The connections, deadlines and error mapping of one backend."""
+
+    def __init__(self, settings: Settings, client_name: str) -> None:
+        options = settings.options
+        self.connect_timeout = _seconds(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        self.socket_timeout = _seconds(options, "socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        self.max_connections = _count(options, "max_connections", DEFAULT_MAX_CONNECTIONS)
+        self._ssl = {k: v for k, v in options.items() if k in _SSL_OPTIONS}
+        if self._ssl and settings.scheme != "rediss":
+            raise ConfigError(f"{', '.join(sorted(self._ssl))} need a rediss:// URL")
+        self._user_client: Any = settings.client
+        if self._user_client is not None and not isinstance(self._user_client, aioredis.Redis):
+            raise ConfigError(
+                f"redis= takes a redis.asyncio.Redis client, got {type(self._user_client).__name__}"
+            )
+        parts = urlsplit(settings.url)
+        self._password = parts.password or ""
+        self._base_url = urlunsplit(parts._replace(query="", fragment=""))
+        self._redacted_url = settings.redacted_url
+        self.client_name = client_name
+        self.pool: Any = None  # made on first use: nothing here does I/O
+        self.closed = False
+        self._idle: list[Any] = []  # our connections not in use (connected, or to reconnect)
+        self._slots = Gate(self.max_connections)
+        self._timer = CallTimer(self.socket_timeout)
+        self._execute: Callable[..., Awaitable[Any]] = self._execute_ours
+        self._execute_many: Callable[..., Awaitable[list[Any]]] = self._execute_many_ours
+
+    @property
+    def used(self) -> bool:
+        """True once a connection may have been made (something to release at close)."""
+        return self.pool is not None
+
+    def _connect(self) -> None:
+        if self.closed:
+            raise ConfigError("this coordinator is closed")
+        if self._user_client is not None:
+            self.pool = self._user_client.connection_pool
+            self._execute = self._user_client.execute_command
+            self._execute_many = self._execute_many_theirs
+        else:
+            # Our connections have no socket_timeout: every call is bounded by our own
+            # timer, which is cheaper than redis-py's (a task per command).
+            self.pool = aioredis.ConnectionPool.from_url(
+                self._base_url,
+                socket_timeout=None,
+                socket_connect_timeout=self.connect_timeout,
+                client_name=self.client_name,
+                protocol=2,
+                **self._ssl,
+            )
+
+    def run(self, script: Script, keys: Sequence[bytes], *args: object) -> Awaitable[Any]:
+        """Run one script call (await it): one round trip, bounded by ``socket_timeout``."""
+        if self.pool is None:
+            self._connect()
+        return self._guarded(run_script(self._execute, script, keys, *args))
+
+    async def batch(self, script: Script, calls: Sequence[Call]) -> list[Any]:
+        """Run one script call per entry of ``calls`` in one pipelined round trip."""
+        if not calls:
+            return []
+        if self.pool is None:
+            self._connect()
+        return await self._guarded(run_batch(self._execute, self._execute_many, script, calls))
+
+    async def _guarded(self, work: Coroutine[Any, Any, T]) -> T:
+        slots = self._slots
+        if not slots.enter_now():
+            try:
+                await slots.enter()
+            except BaseException:
+                work.close()  # never started
+                raise
+        task = self._timer.start()
+        try:
+            return await work
+        except FAILURES as exc:
+            raise self.error(exc) from exc
+        except asyncio.CancelledError:
+            if self._timer.expired(task):
+                raise BackendError(
+                    f"Redis at {self._where()} did not answer within "
+                    f"{self.socket_timeout:g} s (socket_timeout)"
+                ) from None
+            raise
+        finally:
+            self._timer.stop(task)
+            slots.leave()
+
+    # -- our connections ----------------------------------------------------------------------
+
+    async def _execute_ours(self, *args: object) -> Any:
+        async def io(conn: Any) -> Any:
+            await conn.send_packed_command(conn.pack_command(*args), False)
+            return await conn.read_response()
+
+        return await self._on_connection(io)
+
+    async def _execute_many_ours(self, commands: Sequence[Sequence[object]]) -> list[Any]:
+        async def io(conn: Any) -> list[Any]:
+            await conn.send_packed_command(conn.pack_commands(commands), False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # an error reply: the next replies follow
+                    replies.append(exc)
+            return replies
+
+        return await self._on_connection(io)
+
+    async def _on_connection(self, io: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``io`` (send, then read the reply) on an idle connection, or a new one.
+
+        A connection the server closed while it sat idle (a restart, an idle timeout)
+        fails at its next use: then every idle connection is dropped (they are likely
+        dead too) and ``io`` runs once more on a new connection. Safe because every
+        script is idempotent per request.
+        """
+        reused = bool(self._idle)
+        conn = self._idle.pop() if reused else self.pool.make_connection()
+        while True:
+            try:
+                result = await io(conn)
+            except ResponseError:
+                self._give_back(conn)  # an error reply: the connection itself is fine
+                raise
+            except RedisConnectionError:
+                if not reused:
+                    raise  # redis-py has closed it
+                self._drop_idle()
+                reused, conn = False, self.pool.make_connection()
+                continue
+            self._give_back(conn)
+            return result
+
+    def _give_back(self, conn: Any) -> None:
+        if self.closed:
+            _close(conn)  # closing: nothing will use it again
+        else:
+            self._idle.append(conn)
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            _close(conn)
+
+    async def _execute_many_theirs(self, commands: Sequence[Sequence[object]]) -> list[Any]:
+        pipe = self._user_client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    # -- the inbox -------------------------------------------------------------------------------
+
+    async def open_inbox(self, channel: str) -> Any:
+        """A new connection subscribed to ``channel``; ``BackendError`` if impossible."""
+        if self.pool is None:
+            self._connect()
+        kwargs = dict(self.pool.connection_kwargs)
+        kwargs.update(
+            socket_timeout=None,  # it waits for messages: reads must not time out
+            protocol=2,  # plain pub/sub frames, whatever the user's client speaks
+            client_name=self.client_name + ":inbox",
+        )
+        # redis-py >= 7 may enable server maintenance notifications, which need RESP3;
+        # this private connection only ever reads our own channel, so it goes without.
+        for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
+            if name in kwargs:
+                kwargs[name] = None
+        try:
+            conn = self.pool.connection_class(**kwargs)
+        except FAILURES as exc:
+            raise self.error(exc) from exc
+        try:
+            async with asyncio.timeout(self.connect_timeout + self.socket_timeout):
+                await conn.connect()
+                await conn.send_command("SUBSCRIBE", channel)
+                await conn.read_response()  # the subscription is confirmed
+        except BaseException as exc:
+            await conn.disconnect()
+            if isinstance(exc, FAILURES):
+                raise self.error(exc) from exc
+            raise
+        return conn
+
+    # -- closing and errors ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close our connections (a user's client stays open); refuse further calls.
+
+        A call still in flight closes its connection when it ends.
+        """
+        self.closed = True
+        self._drop_idle()
+
+    def error(self, exc: BaseException) -> BackendError:
+        """The ``BackendError`` for driver error ``exc`` (raise it ``from exc``)."""
+        text = str(exc) or type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return BackendError(f"Redis at {self._where()} failed: {type(exc).__name__}: {text}")
+
+    def _where(self) -> str:
+        if self._user_client is None:
+            return self._redacted_url
+        kwargs = self._user_client.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')} (redis=)"
+
+
+def _seconds(options: Mapping[str, object], name: str, default: float) -> float:
+    value = options.get(name, default)
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = math.nan
+    if isinstance(value, bool) or not 0 < seconds < math.inf:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def _count(options: Mapping[str, object], name: str, default: int) -> int:
+    value = options.get(name, default)
+    try:
+        count = int(str(value))
+    except ValueError:
+        count = 0
+    if isinstance(value, (bool, float)) or count < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    return count
+
+
+def _close(conn: Any) -> None:
+    """Close a connection of ours at once (never suspends; redis-py's own quiet close)."""
+    conn._close()

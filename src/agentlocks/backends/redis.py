@@ -1,0 +1,288 @@
+"""``redis://`` and ``rediss://``: fair, pushed, fenced, self-expiring locks on Redis.
+
+Key layout. All state of one lock (or semaphore, or registry lock) lives in four keys
+sharing one hash tag, ``agentlocks:{<tag>}:h|q|d|t``, where ``<tag>`` is a hash of the
+namespace and the resource. User keys never appear in key names, so braces in them cannot
+split a lock across cluster slots, and every script touches one slot. ``lua/_lib.lua``
+describes them: holders by lease expiry (``h``), the FIFO queue (``q``), queue deadlines
+(``d``) and the last token (``t``). Records are the members themselves
+(``"<request id>|<mode>|<token>"`` for a holder), which the owning coordinator can rebuild,
+so no lookup table is kept. A registry's generation is one more key,
+``agentlocks:{<tag>}:gen``.
+
+Scripts. Every state change is one Lua script (``lua/*.lua``), so it is atomic: grant or
+queue (``acquire``), release or withdraw, hand-off included (``release``), extend leases
+(``renew``), keep a queued request alive (``refresh``). They are called by SHA and sent
+again after ``NOSCRIPT`` (a restarted server). Uncontended, an acquire and a release are
+one round trip each, like ``SET NX`` and a compare-and-delete.
+
+Hand-off. A release grants the next waiters in the same script (shared requests adjacent
+at the head together; a queued exclusive request blocks later shared ones; a semaphore
+admits up to its capacity) and publishes each grant to the waiter's coordinator. A
+releaser that re-acquires at once finds its key taken and queues behind: no barging.
+Requests of one process reach the queue in call order (``Turns``).
+
+Connection model. One pool of command connections (``max_connections``, default 32; a
+script call borrows one for a round trip) plus one pub/sub *inbox* connection per backend,
+on which its grants arrive: waiting costs no connection per task (``_redis_waiting.py``).
+A user's own client (``connect(redis=client)``) is used for commands and never closed; the
+inbox is then one extra connection made with that client's settings (``_redis_link.py``).
+
+Tokens. ``max(server time in µs, last token + 1)``: strictly increasing per key across
+all clients and restarts of clients. The last token outlives the other keys by 10 minutes,
+so tokens keep growing across idle periods and server clock steps back of up to that much.
+
+Expiry. Every key has a TTL: a holder's lease (``lease_ttl``), renewed by the coordinator's
+batched renewal (one pipelined round trip per batch); a queued request's deadline (its
+``lease_ttl`` too), renewed by the waiter's keep-alive. A lock's keys expire when its last
+lease and deadline run out. A crashed holder's lock reaches the next waiter when its lease
+ends: waiters re-check at that moment, which the server tells them. Registry generations
+are kept 30 days after their last read or publish, so one in use never resets.
+
+Errors. Every driver failure is a ``BackendError`` (driver error as ``__cause__``, no
+password in messages), raised within ``connect_timeout`` / ``socket_timeout``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, cast
+
+import anyio
+
+from agentlocks._url import Settings
+from agentlocks.errors import BackendError, Busy, QueueFull
+
+from ._base import Grant, HolderInfo, LostCallback, describe
+from ._redis_link import OPTION_NAMES, Link
+from ._redis_scripts import (
+    ACQUIRE,
+    GENERATION,
+    INBOX_PREFIX,
+    INSPECT,
+    REFRESH,
+    RELEASE,
+    RENEW,
+    VERIFY,
+    Call,
+    LockKeys,
+    generation_key,
+    lock_keys,
+)
+from ._redis_waiting import Turns, Waiter, WaitRoom
+
+__all__ = ["RedisBackend", "RedisHandle"]
+
+logger = logging.getLogger("agentlocks")
+
+#: A registry generation is kept this long after its last read or publish.
+GENERATION_KEEP_MS: Final = 30 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RedisHandle:
+    """What a Redis grant carries: the records that identify it on the server."""
+
+    request_id: str
+    keys: LockKeys
+    request: str
+    """The request's queue member: ``"<request id>|<x or s>|<capacity>|<ttl ms>"``."""
+    member: str
+    """The grant's holder member in the lock's ``h`` key: ``"<request id>|<x or s>|<token>"``."""
+
+
+class RedisBackend:
+    """Locks and semaphores on one Redis server; see the module docstring for the design."""
+
+    remote: ClassVar[bool] = True
+    option_names: ClassVar[frozenset[str]] = OPTION_NAMES
+
+    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+        self._namespace = settings.namespace
+        self._redacted_url = settings.redacted_url
+        self._on_lost = on_lost
+        self._id = secrets.token_hex(8)  # this backend's coordinator id
+        self._link = Link(settings, client_name=f"agentlocks:{self._id}")  # checks options
+        self._ids = itertools.count(1)
+        self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
+        self._turns = Turns()
+        self._room = WaitRoom(self._open_inbox, self._refresh)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisBackend(url={self._redacted_url!r}, namespace={self._namespace!r}, "
+            f"held={len(self._held)}, waiting={len(self._room.waiters)})"
+        )
+
+    @property
+    def client_name(self) -> str:
+        """The CLIENT SETNAME of this backend's own connections (the inbox adds ``:inbox``)."""
+        return self._link.client_name
+
+    # -- the Backend protocol ------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        resource: str,
+        *,
+        shared: bool,
+        capacity: int | None,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float,
+        timeout: float | None,
+    ) -> Grant:
+        keys = lock_keys(self._namespace, resource)
+        request_id = f"{self._id}:{next(self._ids)}"
+        mode = "s" if shared else "x"
+        request = f"{request_id}|{mode}|{capacity or 0}|{_ms(lease_ttl)}"
+        flags = f"{1 if wait else 0}|{-1 if max_waiting is None else max_waiting}|"
+        room, run = self._room, self._link.run
+        waiter: Waiter | None = None
+        sent = False
+        try:
+            if not self._turns.take_now(resource):
+                await self._turns.take(resource)
+            try:
+                # Registered before the script can queue the request, so that a grant
+                # published before the script's reply reaches us still finds its waiter.
+                if wait and room.inbox.ready:
+                    waiter = room.register(request_id, keys, request)
+                started, sent = time.monotonic(), True
+                reply = await run(ACQUIRE, keys, request, flags + ("1" if waiter else "0"))
+                if reply[0] == -3:
+                    # Must wait, but the inbox is not subscribed (the first wait of this
+                    # backend, or it is reconnecting): a grant published now would be lost.
+                    await room.inbox.start()
+                    waiter = room.register(request_id, keys, request)
+                    started = time.monotonic()
+                    reply = await run(ACQUIRE, keys, request, flags + "1")
+            finally:
+                self._turns.give(resource)
+            if reply[0] == 1:  # granted at once: the common case needs no await
+                token = int(reply[1])
+            else:
+                token, started = await self._outcome(resource, reply, waiter, started)
+        except (Busy, QueueFull):
+            room.unregister(request_id)  # refused before anything was stored
+            raise
+        except BaseException:
+            room.unregister(request_id)
+            if sent:
+                # Invariant: nothing of this request survives a failed or cancelled
+                # acquire. The script may have queued or granted it without our seeing
+                # the reply, or the grant raced the cancellation; release.lua ends it.
+                await self._withdraw(keys, request_id, request)
+            raise
+        if waiter is not None:
+            room.unregister(request_id)
+        handle = RedisHandle(request_id, keys, request, f"{request_id}|{mode}|{token}")
+        grant = Grant(resource, token, shared, lease_ttl, started, handle)
+        self._held[request_id] = grant
+        return grant
+
+    async def _outcome(
+        self, resource: str, reply: Any, waiter: Waiter | None, started: float
+    ) -> tuple[int, float]:
+        code = int(reply[0])
+        if code == 0 and waiter is not None:
+            self._room.queued(waiter, int(reply[1]))
+            return await waiter.future
+        key = describe(resource)
+        if code == -1:
+            raise Busy(f"{key!r} is held", key=key)
+        if code == -2:
+            raise QueueFull(f"{reply[1]} requests already wait on {key!r}", key=key)
+        raise BackendError(f"unexpected reply from acquire.lua: {reply!r}")
+
+    async def _withdraw(self, keys: LockKeys, request_id: str, request: str) -> None:
+        if self._closed:
+            return  # aclose() released or withdrew everything it knew of
+        # Shielded: this runs while the caller is being cancelled, and must still reach
+        # the server, or the request would block the key until its deadline.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._link.run(RELEASE, keys, request_id, request)
+            except BackendError as exc:
+                logger.warning("could not withdraw a request; it expires by itself: %s", exc)
+
+    async def release(self, grant: Grant) -> None:
+        handle = _handle(grant)
+        self._held.pop(handle.request_id, None)
+        await self._link.run(RELEASE, handle.keys, handle.member)
+
+    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+        calls = [(_handle(g).keys, (_handle(g).member, _ms(g.lease_ttl))) for g in grants]
+        replies = await self._link.batch(RENEW, calls)
+        gone = []
+        for grant, reply in zip(grants, replies, strict=True):
+            if isinstance(reply, BaseException):
+                raise self._link.error(reply) from reply
+            if int(reply) == 0:
+                gone.append(grant)
+        return gone
+
+    async def verify(self, grant: Grant) -> bool:
+        handle = _handle(grant)
+        return bool(await self._link.run(VERIFY, handle.keys, handle.member))
+
+    async def inspect(self, resource: str) -> tuple[tuple[HolderInfo, ...], int]:
+        reply = await self._link.run(INSPECT, lock_keys(self._namespace, resource))
+        holders = sorted(
+            (
+                HolderInfo(token=int(token), shared=bool(int(shared)), age=int(age) / 1e6)
+                for token, shared, age in zip(reply[1::3], reply[2::3], reply[3::3], strict=True)
+            ),
+            key=lambda holder: holder.token,
+        )
+        return tuple(holders), int(reply[0])
+
+    async def read_generation(self, name: str) -> int:
+        key = generation_key(self._namespace, name)
+        return int(await self._link.run(GENERATION, (key,), "", GENERATION_KEEP_MS))
+
+    async def publish_generation(self, name: str, generation: int) -> int:
+        key = generation_key(self._namespace, name)
+        return int(await self._link.run(GENERATION, (key,), generation, GENERATION_KEEP_MS))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            waiters = self._room.fail_all(BackendError("the coordinator was closed while waiting"))
+            held, self._held = list(self._held.values()), {}
+            ends: list[Call] = [(w.keys, (w.request_id, w.request)) for w in waiters]
+            ends += [(_handle(g).keys, (_handle(g).member,)) for g in held]
+            if ends and self._link.used:
+                try:
+                    await self._link.batch(RELEASE, ends)
+                except BackendError as exc:
+                    logger.warning("closing: grants left to expire by themselves: %s", exc)
+            for grant in held:
+                self._on_lost(grant)  # the lease ends here: its holder must hear it
+            await self._room.aclose()
+            await self._link.aclose()
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def _open_inbox(self) -> Any:
+        return await self._link.open_inbox(INBOX_PREFIX + self._id)
+
+    async def _refresh(self, waiters: Sequence[Waiter]) -> list[Any]:
+        return await self._link.batch(REFRESH, [(w.keys, (w.request,)) for w in waiters])
+
+
+def _handle(grant: Grant) -> RedisHandle:
+    return cast("RedisHandle", grant.handle)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
