@@ -9,6 +9,8 @@ import pytest
 #: Backend name -> environment variable holding its URL (set by scripts/test), or a URL.
 BACKENDS: dict[str, str] = {
     "memory": "memory://",
+    "postgresql": "AGENTLOCKS_TEST_POSTGRES_URL",
+    "redis": "AGENTLOCKS_TEST_REDIS_URL",
 }
 
 

@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
+from agentlocks import Coordinator, Lease
 from agentlocks.testing import ConformanceSuite
 from tests.conftest import BACKENDS, backend_url_for
+
+
+async def _break_postgresql(coord: Coordinator, lease: Lease) -> None:
+    """Terminate the server session holding the lease, as an administrator or a crash would."""
+    import asyncpg
+
+    pid = coord.backend.backend_pid(lease._grant)  # type: ignore[attr-defined]
+    assert pid is not None, "the lease is not held on a live session"
+    conn = await asyncpg.connect(coord._settings.url)
+    try:
+        # The timeout makes the call wait until the backend is gone (PostgreSQL >= 14).
+        assert await conn.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+    finally:
+        await conn.close()
+
+
+async def _break_redis(coord: Coordinator, lease: Lease) -> None:
+    """Delete the grant's holder record on the server, as an expired lease would be."""
+    import redis.asyncio as aioredis
+
+    handle = lease._grant.handle
+    client = aioredis.Redis.from_url(coord._settings.url.partition("?")[0])
+    try:
+        assert await client.zrem(handle.keys[0], handle.member) == 1  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()
+
+
+#: URL scheme -> how to make a lease's grant vanish on that backend's server.
+BREAKERS: dict[str, Callable[[Coordinator, Lease], Awaitable[None]]] = {
+    "postgresql": _break_postgresql,
+    "postgres": _break_postgresql,
+    "redis": _break_redis,
+    "rediss": _break_redis,
+}
 
 
 class TestConformance(ConformanceSuite):
@@ -15,3 +53,11 @@ class TestConformance(ConformanceSuite):
     def backend_url(self, request: pytest.FixtureRequest) -> str:
         """The URL of one backend from the table (skipped if its server is not up)."""
         return backend_url_for(request.param)
+
+    async def break_lease(self, coord: Coordinator, lease: Lease) -> None:
+        """Break the lease with the breaker of the coordinator's URL scheme, if there is one."""
+        breaker = BREAKERS.get(coord._settings.scheme)
+        if breaker is None:
+            await super().break_lease(coord, lease)
+            return
+        await breaker(coord, lease)

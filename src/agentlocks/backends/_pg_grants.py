@@ -1,0 +1,339 @@
+"""Taking, recording and releasing grants on PostgreSQL (the statements' side of acquire).
+
+``PostgresBackend`` decides *which* request talks to the server and when (its local FIFO);
+this module runs the statements and keeps the books: every grant is recorded on the
+session whose advisory lock it is (``Session.grants``) and in the resource's
+``KeyState.holders``, so a lost connection can report exactly the grants it took along.
+
+Hazards, each handled where it arises: a cancelled caller (the statement finishes in its
+own task and what it granted is released before the cancellation propagates), a grant
+racing the cancellation of a server-side wait (``Sessions.scrub``), a connection lost
+between the statement and its recording (the grant is refused), and requests granted
+together with the head of the queue (``KeyState.hand_out``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import anyio
+import asyncpg
+
+from agentlocks.errors import BackendError
+
+from ._base import Grant, describe
+from ._pg_liveness import Liveness
+from ._pg_queue import Hold, KeyState, Kind, Request
+from ._pg_session import PgBouncerDetected, Session, Sessions, drain, finish
+from ._pg_sql import Sql
+
+DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Grants:
+    """The grant-taking statements of one backend instance, and their bookkeeping."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        sql: Sql,
+        liveness: Liveness,
+        states: dict[str, KeyState],
+        interval: float,
+    ) -> None:
+        self._sessions = sessions
+        self._sql = sql
+        self._liveness = liveness
+        self._states = states
+        self._interval = interval
+        self._background: set[asyncio.Task[None]] = set()
+
+    def error(self, exc: BaseException) -> BackendError:
+        """A driver error as the BackendError the user sees (password redacted)."""
+        return self._sessions.error(exc, "talking to")
+
+    def release_later(self, grants: list[Grant]) -> None:
+        """Release grants nobody wants (their requests were cancelled) in the background.
+
+        Their requests' cancellations have propagated already, so nothing waits for this;
+        ``aclose`` does.
+        """
+        for grant in grants:
+            task = asyncio.get_running_loop().create_task(self.release(grant))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Wait for the background releases."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def drop_if_idle(self, resource: str, state: KeyState) -> None:
+        """Forget a resource nobody of this process holds, decides on or waits for."""
+        if state.idle and self._states.get(resource) is state:
+            del self._states[resource]
+
+    async def fast(
+        self, resource: str, state: KeyState, request: Request, lease_ttl: float
+    ) -> Grant | None:
+        keys = state.keys
+        session = await self._sessions.shared()
+        batch = state.take_batch(request)
+        task: asyncio.Future[Any]
+        if request.capacity is not None:
+            held = state.slots_on(session)
+            task = session.submit(
+                self._sql.try_slots, keys.slot_base, request.capacity, held, 1 + len(batch),
+                keys.gate,
+            )  # fmt: skip
+            kind = Kind.SLOT
+        elif request.shared:
+            task = session.submit(self._sql.try_shared, keys.gate, keys.hold, 1 + len(batch))
+            kind = Kind.SHARED_SESSION
+        else:
+            # Cancellation-safe by itself: a cancelled try leaves nothing held.
+            assert session.coalescer is not None
+            try:
+                row = await session.coalescer.try_exclusive_now(keys.gate, keys.hold)
+            except DRIVER_ERRORS as exc:
+                raise self.error(exc) from exc
+            grants = self.record(
+                row, session, Kind.SHARED_SESSION, resource, state, request, lease_ttl
+            )
+            return grants[0] if grants else None
+        return await self.granting(task, session, kind, resource, state, request, lease_ttl)
+
+    async def granting(
+        self,
+        task: asyncio.Future[Any],
+        session: Session,
+        kind: Kind,
+        resource: str,
+        state: KeyState,
+        request: Request,
+        lease_ttl: float,
+    ) -> Grant | None:
+        """Await a statement that may grant ``request`` and its batch; hand the grants out.
+
+        If the caller is cancelled meanwhile, the statement still finishes: its followers
+        get their grants, and the caller's own grant is released before the cancellation
+        propagates (invariant: nothing a cancelled request took survives it).
+        """
+        try:
+            row = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                row = await drain(task)
+                grants: list[Grant] = []
+                with contextlib.suppress(BackendError):
+                    grants = self.record(row, session, kind, resource, state, request, lease_ttl)
+                self.release_later(state.hand_out(grants[1:]))
+                if grants:
+                    await self.release(grants[0])
+            raise
+        except DRIVER_ERRORS as exc:
+            state.hand_out([])
+            raise self.error(exc) from exc
+        try:
+            grants = self.record(row, session, kind, resource, state, request, lease_ttl)
+        except BaseException:
+            state.hand_out([])
+            raise
+        self.release_later(state.hand_out(grants[1:]))
+        return grants[0] if grants else None
+
+    def record(
+        self,
+        row: Any,
+        session: Session,
+        kind: Kind,
+        resource: str,
+        state: KeyState,
+        request: Request,
+        lease_ttl: float,
+    ) -> list[Grant]:
+        """Turn a statement's row into recorded grants, in grant order (maybe none)."""
+        if row is None:
+            return []
+        keys = state.keys
+        if kind is Kind.SLOT:
+            slots, tokens = row["slots"] or [], row["tokens"] or []
+            pairs = [
+                (keys.slot_base + slot, slot, token)
+                for slot, token in zip(slots, tokens, strict=True)
+            ]
+        else:
+            tokens = row[0]
+            if tokens is None:
+                return []
+            try:
+                session.check_pid(row[1])
+            except PgBouncerDetected:
+                self._sessions.kill(session)
+                raise
+            if isinstance(tokens, int):
+                tokens = [tokens]
+            pairs = [(keys.hold, None, token) for token in tokens]
+        if pairs and session.dead:  # its locks went with the connection
+            raise BackendError(f"the connection holding {describe(resource)!r} was lost")
+        now = time.monotonic()
+        grants = []
+        owners = [request, *state.batch]  # grant i goes to owners[i] (see KeyState.hand_out)
+        for i, (key, slot, token) in enumerate(pairs):
+            ttl = owners[i].lease_ttl if i < len(owners) else lease_ttl
+            hold = Hold(session, kind, key, slot, keys)
+            grant = Grant(resource, int(token), request.shared, ttl, now, hold)
+            session.grants.add(grant)
+            state.holders[grant] = None
+            grants.append(grant)
+        if grants:
+            self._liveness.watch()
+        return grants
+
+    async def wait_lock(
+        self, resource: str, state: KeyState, request: Request, lease_ttl: float
+    ) -> Grant:
+        keys = state.keys
+        session = await self._sessions.spare()
+        request.session = session
+        sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
+        task = session.submit(sql, keys.gate, keys.hold)
+        try:
+            row = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Invariant: a cancelled request leaves no place in the server queue and no
+            # lock. Cancel the server-side wait, then release whatever it took (the gate,
+            # or the whole grant if it raced the cancellation) before propagating.
+            with anyio.CancelScope(shield=True):
+                task.cancel()
+                await drain(task)
+                await self._sessions.scrub(session)
+            raise
+        except DRIVER_ERRORS as exc:
+            await self._sessions.close(session)
+            raise self.error(exc) from exc
+        try:
+            (grant,) = self.record(row, session, Kind.PINNED, resource, state, request, lease_ttl)
+        except BackendError:
+            await self._sessions.close(session)
+            raise
+        return grant
+
+    async def wait_slot(
+        self, resource: str, state: KeyState, request: Request, lease_ttl: float
+    ) -> Grant:
+        keys = state.keys
+        assert request.capacity is not None
+        gatekeeper = await self._sessions.spare()
+        request.session = gatekeeper
+        task = gatekeeper.submit(self._sql.wait_gate, keys.gate)
+        try:
+            row = await asyncio.shield(task)
+            gatekeeper.check_pid(row[0])
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                task.cancel()
+                await drain(task)
+                await self._sessions.scrub(gatekeeper)
+            if isinstance(exc, DRIVER_ERRORS):
+                raise self.error(exc) from exc
+            raise
+        # We hold the gate exclusively: fast paths fail, so the slots are ours to try.
+        released = asyncio.Event()
+
+        def wake(*_: object) -> None:
+            released.set()
+
+        grant: Grant | None = None
+        try:
+            await self._sessions.listen(keys.channel, wake)
+            while grant is None:
+                released.clear()  # before trying: a release after the try still wakes us
+                session = await self._sessions.shared()
+                held = state.slots_on(session)
+                batch = state.take_batch(request)
+                task = session.submit(
+                    self._sql.take_slots, keys.slot_base, request.capacity, held, 1 + len(batch)
+                )
+                grant = await self.granting(
+                    task, session, Kind.SLOT, resource, state, request, lease_ttl
+                )
+                if grant is None:
+                    # Pushed by NOTIFY; the timeout only covers a holder that died silently.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(released.wait(), self._interval)
+        finally:
+            # Letting the gate go admits the next head. Invariant: if a cancellation lands
+            # here after the slot was won, the slot is released before it propagates.
+            try:
+                await finish(self._leave_gate(gatekeeper, keys.channel, wake))
+            except asyncio.CancelledError:
+                if grant is not None:
+                    await finish(self.release(grant))
+                raise
+        return grant
+
+    async def _leave_gate(self, gatekeeper: Session, channel: str, wake: Any) -> None:
+        await asyncio.gather(
+            self._sessions.scrub(gatekeeper), self._sessions.unlisten(channel, wake)
+        )
+
+    # -- release, renew, verify ------------------------------------------------------------------
+
+    async def release(self, grant: Grant) -> None:
+        hold = grant.handle
+        assert isinstance(hold, Hold)
+        if hold.released:
+            return  # idempotent; also after the grant was lost
+        hold.released = True
+        session = hold.session
+        session.grants.discard(grant)
+        state = self._states.get(grant.resource)
+        if state is not None:
+            state.holders.pop(grant, None)
+            self.drop_if_idle(grant.resource, state)
+        if session.dead:
+            return  # the server released it with the connection
+        sql = self._sql
+        task: asyncio.Future[Any]
+        if hold.kind is Kind.SLOT:
+            task = session.submit(sql.release_slot, hold.key, hold.keys.channel)
+        elif hold.kind is Kind.PINNED:
+            unlock = sql.unlock_pinned_shared if grant.shared else sql.unlock_pinned_exclusive
+            task = session.submit(unlock, hold.keys.gate, hold.keys.hold)
+        else:
+            assert session.coalescer is not None
+            try:
+                await session.coalescer.release_now(hold.key, grant.shared)
+            except DRIVER_ERRORS as exc:
+                if session.dead or session.conn.is_closed():
+                    return
+                raise self.error(exc) from exc
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The unlock completes before the cancellation propagates, and a spare that
+            # held the grant goes back clean (or is closed if the unlock failed).
+            with anyio.CancelScope(shield=True):
+                await drain(task)
+                if hold.kind is Kind.PINNED:
+                    await self._settle_spare(session, task)
+            raise
+        except DRIVER_ERRORS as exc:
+            if hold.kind is Kind.PINNED:
+                await self._sessions.close(session)
+            if session.dead or session.conn.is_closed():
+                return
+            raise self.error(exc) from exc
+        if hold.kind is Kind.PINNED:
+            await finish(self._sessions.give_back(session))
+
+    async def _settle_spare(self, session: Session, unlock: asyncio.Future[Any]) -> None:
+        if unlock.cancelled() or unlock.exception() is not None:
+            await self._sessions.close(session)
+        else:
+            await self._sessions.give_back(session)

@@ -1,0 +1,65 @@
+"""What ``pg_locks`` says about a resource, merged with this process's own bookkeeping.
+
+The server sees one row per (session, lock): it shows who waits and who holds across
+every process, but not tokens, and several grants living on one shared session of this
+process collapse into one row. So holders and waiters of *this* process come from its own
+records (exact), and only other processes' come from ``pg_locks``: one holder per holding
+session (token 0 and age 0.0: unknown to us), one waiter per waiting session.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._base import HolderInfo
+from ._pg_queue import KeyState
+from ._pg_sql import Keys
+
+
+def foreign_waiting(rows: list[Any], own: frozenset[int], keys: Keys, semaphore: bool) -> int:
+    """Requests of other processes waiting in the server on these keys."""
+    count = 0
+    for r in rows:
+        if r["pid"] in own:
+            continue
+        if not r["granted"] and r["key"] in (keys.gate, keys.hold):
+            count += 1
+        elif semaphore and r["key"] == keys.gate and r["mode"] == "ExclusiveLock":
+            count += 1  # a queue head holding the gate, waiting for a slot
+    return count
+
+
+def head_granted(rows: list[Any], state: KeyState | None) -> bool:
+    """Has the server granted this process's queued lock request already?"""
+    head = state.active if state is not None else None
+    if head is None or head.session is None or head.capacity is not None:
+        return False
+    pid, hold = head.session.pid, state.keys.hold  # type: ignore[union-attr]
+    return any(r["pid"] == pid and r["key"] == hold and r["granted"] for r in rows)
+
+
+def snapshot(
+    rows: list[Any], own: frozenset[int], keys: Keys, state: KeyState | None, semaphore: bool
+) -> tuple[tuple[HolderInfo, ...], int]:
+    """Holders and the waiting count of a resource, from its rows and this process's state."""
+    now = time.monotonic()
+    mine = sorted(state.holders, key=lambda g: g.token) if state is not None else []
+    holders = [HolderInfo(token=g.token, shared=g.shared, age=now - g.acquired_at) for g in mine]
+    for r in rows:
+        if r["pid"] not in own and r["granted"] and r["key"] != keys.gate:
+            shared = semaphore or r["mode"] == "ShareLock"
+            holders.append(HolderInfo(token=0, shared=shared, age=0.0))
+    waiting = foreign_waiting(rows, own, keys, semaphore)
+    if state is not None:
+        waiting += len(state.queue) + len(state.batch)
+        head = state.active
+        if head is not None and head.waiting and head.session is not None:
+            # Counted once the server has its request: queued, or (semaphores) holding
+            # the gate while it waits for a slot. On its way there, it is not yet.
+            pid = head.session.pid
+            waiting += any(
+                r["pid"] == pid and (not r["granted"] or (semaphore and r["key"] == keys.gate))
+                for r in rows
+            )
+    return tuple(holders), waiting

@@ -1,0 +1,81 @@
+"""Options of the PostgreSQL backend, validated before any I/O."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from agentlocks.errors import ConfigError
+
+#: Option names accepted in the URL query or as ``connect()`` keywords.
+OPTION_NAMES: Final = frozenset(
+    {
+        "connect_timeout",
+        "liveness_interval",
+        "pool_size",
+        "max_idle",
+        "schema",
+        "application_name",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PgOptions:
+    """The backend's options, with their defaults.
+
+    Attributes:
+        connect_timeout: Seconds to open one connection, authentication included.
+        liveness_interval: Seconds between liveness checks of the sessions holding grants,
+            and the bound on how late a silently lost grant (or a semaphore slot freed by
+            a crashed holder) is noticed.
+        pool_size: Shared sessions (fast-path grants, releases, queries).
+        max_idle: Clean spare sessions kept open for the next wait.
+        schema: Schema of the token sequence and the generation table (None: the first
+            schema of ``search_path``).
+        application_name: Shown in ``pg_stat_activity`` for this backend's connections.
+    """
+
+    connect_timeout: float = 5.0
+    liveness_interval: float = 2.0
+    pool_size: int = 8
+    max_idle: int = 4
+    schema: str | None = None
+    application_name: str = "agentlocks"
+
+
+_DEFAULTS: Final = PgOptions()
+
+
+def _positive(options: Mapping[str, object], name: str, default: float, integer: bool) -> float:
+    value = options.get(name, default)
+    number: float = -1
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if not number > 0 or (integer and not number.is_integer()):
+        kind = "an int >= 1" if integer else "a number of seconds > 0"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return number
+
+
+def parse_options(options: Mapping[str, object]) -> PgOptions:
+    """Validate the backend options (strings from a URL query, or keyword values)."""
+    schema = options.get("schema")
+    if schema is not None and (not isinstance(schema, str) or not schema):
+        raise ConfigError(f"schema must be a non-empty str, got {schema!r}")
+    app = options.get("application_name", _DEFAULTS.application_name)
+    if not isinstance(app, str):
+        raise ConfigError(f"application_name must be a str, got {app!r}")
+    return PgOptions(
+        connect_timeout=_positive(options, "connect_timeout", _DEFAULTS.connect_timeout, False),
+        liveness_interval=_positive(
+            options, "liveness_interval", _DEFAULTS.liveness_interval, False
+        ),
+        pool_size=int(_positive(options, "pool_size", _DEFAULTS.pool_size, True)),
+        max_idle=int(_positive(options, "max_idle", _DEFAULTS.max_idle, True)),
+        schema=schema,
+        application_name=app,
+    )

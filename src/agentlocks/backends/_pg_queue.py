@@ -1,0 +1,177 @@
+"""Per-key bookkeeping of the PostgreSQL backend: this process's holders and local FIFO.
+
+Only the request at the head of a key's local queue (``active``) talks to the server; the
+others wait here in arrival order. So one process puts at most one request per key into the
+server's lock queue (one spare connection), whatever the number of its waiting tasks, and
+requests of one process are granted in exactly the order they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ._base import Grant
+
+if TYPE_CHECKING:
+    from ._pg_session import Session
+    from ._pg_sql import Keys
+
+
+class Kind(enum.Enum):
+    """Where a grant's advisory lock lives."""
+
+    SHARED_SESSION = "shared"  # the hold key, on a shared session (fast path)
+    PINNED = "pinned"  # gate and hold keys, on the spare that waited for them
+    SLOT = "slot"  # one semaphore slot key, on a shared session
+
+
+class Hold:
+    """Backend-private part of a grant (``Grant.handle``)."""
+
+    __slots__ = ("key", "keys", "kind", "released", "session", "slot")
+
+    def __init__(self, session: Session, kind: Kind, key: int, slot: int | None, keys: Keys):
+        self.session = session
+        self.kind = kind
+        self.key = key  # the advisory key that *is* the grant (hold key or slot key)
+        self.slot = slot
+        self.keys = keys
+        self.released = False  # released, or lost with its connection
+
+    def __repr__(self) -> str:
+        return f"Hold(pid={self.session.pid}, {self.kind.value}, released={self.released})"
+
+
+class Request:
+    """One acquire call while it waits or is being decided."""
+
+    __slots__ = (
+        "capacity", "grant", "lease_ttl", "session", "settled", "shared", "turn", "waiting",
+    )  # fmt: skip
+
+    def __init__(self, shared: bool, capacity: int | None, lease_ttl: float) -> None:
+        self.shared = shared
+        self.capacity = capacity
+        self.lease_ttl = lease_ttl
+        # Resolved when the request becomes active, or when it was granted together with
+        # the active request ahead of it (``grant`` is then set).
+        self.turn: asyncio.Future[None] | None = None
+        self.grant: Grant | None = None
+        self.waiting = False  # it will wait (counted by inspect and max_waiting)
+        self.session: Session | None = None  # the spare it waits on, once it does
+        self.settled = asyncio.Event()  # set when the request is granted or has failed
+
+    def settle(self) -> None:
+        """Mark the request decided (granted, failed or cancelled)."""
+        self.waiting = False
+        self.settled.set()
+
+
+class KeyState:
+    """This process's view of one resource; dropped as soon as it is idle."""
+
+    __slots__ = ("active", "batch", "holders", "keys", "queue")
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self.holders: dict[Grant, None] = {}  # grants of this process, in grant order
+        self.queue: deque[Request] = deque()
+        self.active: Request | None = None
+        self.batch: list[Request] = []  # taken from the queue to be granted with ``active``
+
+    @property
+    def idle(self) -> bool:
+        """No holder, nobody deciding, nobody queued."""
+        return not self.holders and self.active is None and not self.queue and not self.batch
+
+    def compatible(self, shared: bool, capacity: int | None) -> bool:
+        """Could this process's own holders coexist with such a request?
+
+        Advisory locks are re-entrant per session and a session never conflicts with
+        itself, so this check, not the server, keeps this process's requests apart.
+        """
+        if not self.holders:
+            return True
+        if capacity is not None:
+            return len(self.holders) < capacity
+        return shared and all(grant.shared for grant in self.holders)
+
+    def slots_on(self, session: Session) -> list[int]:
+        """Semaphore slots of this resource that ``session`` already holds."""
+        slots = []
+        for grant in self.holders:
+            hold = grant.handle
+            if hold.session is session and hold.slot is not None:  # type: ignore[attr-defined]
+                slots.append(hold.slot)  # type: ignore[attr-defined]
+        return slots
+
+    def waiting(self) -> int:
+        """Requests of this process waiting on the resource."""
+        active = self.active
+        waiting = len(self.queue) + len(self.batch)
+        return waiting + (1 if active is not None and active.waiting else 0)
+
+    def take_batch(self, request: Request) -> list[Request]:
+        """Take the queued requests that can be granted together with ``request``.
+
+        Adjacent shared requests, or adjacent semaphore requests of the same capacity as
+        far as free capacity (as this process sees it) allows; never an exclusive one.
+        """
+        if not request.shared or self.batch:
+            return []
+        room = None if request.capacity is None else request.capacity - len(self.holders) - 1
+        queue = self.queue
+        while queue and queue[0].shared and queue[0].capacity == request.capacity:
+            if room is not None and len(self.batch) >= room:
+                break
+            follower = queue.popleft()
+            if follower.turn is not None and not follower.turn.done():
+                self.batch.append(follower)
+        return list(self.batch)
+
+    def hand_out(self, grants: list[Grant]) -> list[Grant]:
+        """Give ``grants`` to the batch in order; requeue the rest; return unwanted grants.
+
+        A follower cancelled while the statement ran does not take its grant: that grant
+        is returned for release.
+        """
+        batch, self.batch = self.batch, []
+        unwanted = []
+        for follower, grant in zip(batch, grants, strict=False):
+            if follower.turn is not None and not follower.turn.done():
+                follower.grant = grant
+                follower.turn.set_result(None)
+            else:
+                unwanted.append(grant)
+        unwanted.extend(grants[len(batch) :])
+        for follower in reversed(batch[len(grants) :]):
+            if follower.turn is not None and not follower.turn.done():
+                self.queue.appendleft(follower)  # not granted: back to the front, in order
+        return unwanted
+
+    async def enqueue(self, request: Request) -> None:
+        """Wait until ``request`` is the active one (FIFO among this process's requests)."""
+        turn = request.turn = asyncio.get_running_loop().create_future()
+        self.queue.append(request)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                if request.grant is None:
+                    self.advance(request)  # the turn came with the cancellation: pass it on
+            elif request in self.queue:
+                self.queue.remove(request)
+            raise
+
+    def advance(self, request: Request) -> None:
+        """``request`` is done deciding: make the next queued request active."""
+        if self.active is request:
+            self.active = None
+        while self.active is None and self.queue:
+            following = self.queue.popleft()
+            if following.turn is not None and not following.turn.done():
+                self.active = following
+                following.turn.set_result(None)

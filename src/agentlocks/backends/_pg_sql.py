@@ -1,0 +1,203 @@
+"""Advisory-lock keys and the SQL of the PostgreSQL backend.
+
+Keys. A resource is identified by a stable, signed 64-bit BLAKE2b hash of the namespace and
+the resource string (``_hash64``). Each lock resource uses two advisory keys that differ only
+in the lowest bit: the *gate* (odd) orders requests, the *hold* (even) is what a holder
+holds. A semaphore uses its gate plus ``capacity`` consecutive *slot* keys starting at a
+second hash. All keys live in PostgreSQL's one 64-bit advisory key space of the current
+database (other users of ``pg_advisory_lock`` share it).
+
+Evaluation order. Every statement that takes several locks forces its order with ``CASE``
+or ``MATERIALIZED`` CTEs (PostgreSQL documents ``CASE`` as the way to force evaluation
+order); ``nextval`` always runs after the hold was taken, so a token is drawn only while the
+grant exists and is greater than every token drawn before by any earlier holder.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import Final
+
+_SIGNED: Final = 1 << 63
+#: Semaphore slot keys are ``base + i``; ``base`` is kept this far below the top of the key
+#: space so that the addition never overflows a bigint.
+MAX_SLOTS: Final = 1 << 31
+
+
+def _hash64(*parts: bytes) -> int:
+    digest = hashlib.blake2b(digest_size=8, person=b"agentlocks-pg")
+    for part in parts:  # length-prefixed: ("ab", "c") and ("a", "bc") hash differently
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The advisory keys of one resource."""
+
+    gate: int
+    hold: int
+    slot_base: int
+    channel: str
+    """LISTEN/NOTIFY channel on which semaphore releases wake the waiting head."""
+
+
+@functools.lru_cache(maxsize=4096)
+def keys_for(namespace: str, resource: str) -> Keys:
+    """Derive the advisory keys of ``resource`` in ``namespace`` (stable across processes).
+
+    Cached: a hot key's state is dropped whenever it goes idle, its keys need not be.
+    """
+    ns, res = namespace.encode(), resource.encode("utf-8", "surrogatepass")
+    h = _hash64(ns, res)
+    base = _hash64(ns, res, b"slots")
+    if base >= _SIGNED - MAX_SLOTS:
+        base -= MAX_SLOTS
+    return Keys(
+        gate=h | 1, hold=h & ~1, slot_base=base, channel=f"agentlocks_{h & 0xFFFFFFFFFFFFFFFF:016x}"
+    )
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Sql:
+    """Every statement, with the schema-qualified sequence and table names filled in."""
+
+    def __init__(self, schema: str | None) -> None:
+        prefix = "" if schema is None else quote_ident(schema) + "."
+        self.sequence = prefix + "agentlocks_tokens"
+        self.table = prefix + "agentlocks_generations"
+        seq = self.sequence.replace("'", "''")
+        nextval = f"nextval('{seq}')"
+        self.bootstrap_sequence = (
+            f"CREATE SEQUENCE IF NOT EXISTS {self.sequence} AS bigint CACHE 1 NO CYCLE"
+        )
+        self.bootstrap_table = (
+            f"CREATE TABLE IF NOT EXISTS {self.table} (namespace text NOT NULL, "
+            "name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (namespace, name))"
+        )
+        self.exists = "SELECT to_regclass($1) IS NOT NULL"
+
+        # Fast path ($1 gate, $2 hold): pass the gate shared (it is held exclusively, or
+        # waited for, only by queued requests, so this fails while anyone queues), take the
+        # hold without waiting, let go of the gate. Returns (token or NULL, backend pid).
+        self.try_exclusive = (
+            "SELECT CASE"
+            " WHEN NOT pg_try_advisory_lock_shared($1) THEN NULL"
+            " WHEN pg_try_advisory_lock($2)"
+            f" THEN CASE WHEN pg_advisory_unlock_shared($1) THEN {nextval} END"
+            " WHEN pg_advisory_unlock_shared($1) THEN NULL"
+            " END, pg_backend_pid()"
+        )
+        # The same for $3 adjacent shared requests at once: the first take is a real check,
+        # the others re-enter the lock this session now holds (one lock count per grant).
+        # Returns (array of tokens or NULL, backend pid).
+        tokens = (
+            f"(SELECT array_agg(CASE WHEN n = 1 THEN {nextval}"
+            f" WHEN pg_try_advisory_lock_shared($2) THEN {nextval} END ORDER BY n)"
+            " FROM generate_series(1, $3::int) AS n)"
+        )
+        self.try_shared = (
+            "SELECT CASE"
+            " WHEN NOT pg_try_advisory_lock_shared($1) THEN NULL"
+            " WHEN pg_try_advisory_lock_shared($2)"
+            f" THEN CASE WHEN pg_advisory_unlock_shared($1) THEN {tokens} END"
+            " WHEN pg_advisory_unlock_shared($1) THEN NULL"
+            " END, pg_backend_pid()"
+        )
+
+        # Coalesced fast paths and releases of one shared session (``_pg_batch.py``):
+        # releases ($1 hold keys, $2 shared flags) first, then exclusive tries ($3 gates,
+        # $4 holds) in order, each exactly like ``try_exclusive``. Returns (array of
+        # tokens or NULLs, in try order; backend pid).
+        self.batch = (
+            "WITH u AS MATERIALIZED (SELECT count(CASE WHEN s THEN pg_advisory_unlock_shared(k)"
+            " ELSE pg_advisory_unlock(k) END) AS n"
+            " FROM unnest($1::bigint[], $2::bool[]) AS x(k, s)),"
+            " t AS MATERIALIZED (SELECT y.i, CASE"
+            " WHEN NOT pg_try_advisory_lock_shared(y.g) THEN NULL"
+            " WHEN pg_try_advisory_lock(y.h)"
+            f" THEN CASE WHEN pg_advisory_unlock_shared(y.g) THEN {nextval} END"
+            " WHEN pg_advisory_unlock_shared(y.g) THEN NULL END AS token"
+            " FROM u, unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS y(g, h, i))"
+            " SELECT (SELECT array_agg(token ORDER BY i) FROM t), pg_backend_pid(),"
+            " (SELECT n FROM u)"
+        )
+
+        # Queued path: wait in the server's FIFO queue for the gate, then for the hold.
+        # The session keeps both until release.
+        def wait_lock(mode: str) -> str:
+            return (
+                f"WITH g AS MATERIALIZED (SELECT pg_advisory_lock{mode}($1)),"
+                f" h AS MATERIALIZED (SELECT pg_advisory_lock{mode}($2) FROM g)"
+                f" SELECT {nextval}, pg_backend_pid() FROM h"
+            )
+
+        self.wait_exclusive = wait_lock("")
+        self.wait_shared = wait_lock("_shared")
+        self.unlock_exclusive = "SELECT pg_advisory_unlock($1)"
+        self.unlock_shared = "SELECT pg_advisory_unlock_shared($1)"
+        # Pinned grants hold (gate, hold): $1 gate, $2 hold.
+        self.unlock_pinned_exclusive = "SELECT pg_advisory_unlock($2), pg_advisory_unlock($1)"
+        self.unlock_pinned_shared = (
+            "SELECT pg_advisory_unlock_shared($2), pg_advisory_unlock_shared($1)"
+        )
+        self.unlock_all = "SELECT pg_advisory_unlock_all()"
+
+        # Semaphore slots ($1 slot base, $2 capacity, $3 slots this session already holds:
+        # a session re-taking its own slot would succeed, advisory locks being re-entrant;
+        # $4 how many slots to take at most, for adjacent requests at the head).
+        slots = (
+            "(SELECT array_agg(i) FROM (SELECT i FROM generate_series(0, $2::int - 1) AS i"
+            " WHERE CASE WHEN i = ANY($3::int[]) THEN false"
+            " ELSE pg_try_advisory_lock($1::bigint + i) END LIMIT $4::int) AS t)"
+        )
+        slot_tokens = f"(SELECT array_agg({nextval}) FROM unnest(slots))"
+        # Fast path ($5 gate): like try_lock, the gate is passed shared first. ``slots`` is
+        # NULL (gate refused) or the slots taken (maybe none); the gate is let go in the
+        # second CTE, whose single row is always produced. Tokens are drawn last.
+        self.try_slots = (
+            "WITH g AS MATERIALIZED (SELECT CASE WHEN pg_try_advisory_lock_shared($5)"
+            f" THEN coalesce({slots}, '{{}}') END AS slots),"
+            " u AS MATERIALIZED (SELECT slots,"
+            " CASE WHEN slots IS NOT NULL THEN pg_advisory_unlock_shared($5) END AS ok FROM g)"
+            f" SELECT slots, {slot_tokens} AS tokens, ok FROM u"
+        )
+        # The head of the queue holds the gate exclusively: nobody else takes slots.
+        self.take_slots = (
+            f"WITH s AS MATERIALIZED (SELECT coalesce({slots}, '{{}}') AS slots)"
+            f" SELECT slots, {slot_tokens} AS tokens FROM s"
+        )
+        self.wait_gate = (
+            "WITH g AS MATERIALIZED (SELECT pg_advisory_lock($1)) SELECT pg_backend_pid() FROM g"
+        )
+        self.release_slot = "SELECT pg_advisory_unlock($1), pg_notify($2, '')"
+
+        self.ping = "SELECT pg_backend_pid()"
+        self.holds = (
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND granted"
+            " AND locktype = 'advisory' AND objsubid = 1"
+            " AND ((classid::bigint << 32) | objid::bigint) = $1)"
+        )
+        # Every advisory lock row on the given keys, or on the slot range [$2, $3].
+        self.locks = (
+            "SELECT ((classid::bigint << 32) | objid::bigint) AS key, pid, granted, mode"
+            " FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND (((classid::bigint << 32) | objid::bigint) = ANY($1::bigint[])"
+            " OR ((classid::bigint << 32) | objid::bigint) BETWEEN $2 AND $3)"
+        )
+        self.read_generation = (
+            f"SELECT generation FROM {self.table} WHERE namespace = $1 AND name = $2"
+        )
+        self.publish_generation = (
+            f"INSERT INTO {self.table} AS t (namespace, name, generation) VALUES ($1, $2, $3)"
+            " ON CONFLICT (namespace, name) DO UPDATE"
+            " SET generation = GREATEST(t.generation, EXCLUDED.generation) RETURNING generation"
+        )

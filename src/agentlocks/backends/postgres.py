@@ -1,0 +1,340 @@
+"""``postgres://`` / ``postgresql://``: session-level advisory locks, through asyncpg.
+
+Keys and collisions. Each resource (namespace + ``"l:key"``) hashes to a stable signed
+64-bit BLAKE2b value; a lock uses two advisory keys that differ only in the low bit, the
+*gate* and the *hold* (``_pg_sql.py``). Two resources share a lock with probability
+2**-63, so with ``n`` resources in use at once the chance that any two collide is about
+``n**2 / 2**64`` (one in 18 million for a million live keys). A collision never breaks
+exclusion: the two keys merely queue behind each other (a task holding one while
+acquiring the other would wait for itself, at those odds). Advisory locks are per
+database and share one key space with any other user of ``pg_advisory_lock`` there.
+
+Waiting is the server's own lock queue. A request first tries the fast path on a shared
+session, in one statement: pass the gate shared, take the hold with
+``pg_try_advisory_lock``, let go of the gate, draw the token (under load, the fast paths
+and releases queued on one shared session go out together as one statement:
+``_pg_batch.py``). The gate is held exclusively
+(or waited for) only by queued requests, so the fast path fails while anyone queues: no
+barging. Otherwise the request waits on a *spare* session with ``pg_advisory_lock(gate)``
+then ``pg_advisory_lock(hold)``: PostgreSQL queues it FIFO, makes later shared requests
+wait behind a queued exclusive one, and grants it *within* the holder's unlock (pushed, no
+polling). In front of the server, each process keeps a FIFO per key (``_pg_queue.py``):
+only its head talks to the server, and the requests behind it that can share its grant
+(adjacent shared requests, or semaphore requests up to the free capacity) are granted in
+the same statement. So a process's requests are granted in exactly the order it made
+them, and across processes requests are ordered by when they reach the server (each
+process has at most one request per key in the server queue).
+
+Connection budget, per process: ``pool_size`` shared sessions (default 8), on which any
+number of fast-path grants live; plus one spare per key the process is waiting on at that
+moment (not per waiting task), which the grant it wins keeps (*pinned*) until released,
+and then goes back to an idle list of at most ``max_idle``; plus one LISTEN connection
+once a semaphore is waited on. So 1,000 locks taken without contention cost at most
+``pool_size`` connections, and 200 tasks queued on one key cost one spare. Spares have no
+cap of their own (a cap would let tasks that hold a lock and wait for a spare deadlock
+with the waits that occupy the spares); the server's ``max_connections`` bounds them,
+and a refused connection raises ``BackendError`` at once, never a hang.
+
+Fencing tokens come from one sequence (``agentlocks_tokens``, created on first use,
+``CACHE 1``), drawn in the granting statement after the hold is taken: strictly
+increasing per key (in fact per database) across every client and server restart.
+
+Lost leases. PostgreSQL releases a session's advisory locks when its connection ends: a
+crashed holder's locks are free as soon as the server reads the closed socket, and a
+waiting session whose client vanished leaves the queue within a second
+(``client_connection_check_interval``, PostgreSQL >= 14). When one of this process's
+connections ends (terminated backend, network drop), asyncpg's termination callback
+reports every grant on it to ``on_lost`` at once; the coordinator cancels the holders'
+blocks. A liveness check (``_pg_liveness.py``) pings every ``liveness_interval`` seconds
+(default 2) each session that holds grants and drops one that does not answer in time,
+bounding how late a silent loss is noticed. ``renew`` runs the same check for the grants
+the coordinator tracks; a PostgreSQL lease lives as long as its connection, whatever its
+``lease_ttl``. Sessions turn off ``statement_timeout``, ``lock_timeout`` and
+``idle_session_timeout``, any of which a database default could set against them.
+
+Semaphores. The slots of a semaphore are advisory keys ``slot_base + i``. The fast path
+passes the gate shared and takes free slots. The head of the queue holds the gate
+exclusively (nobody takes a slot past it), listens on the semaphore's channel, and
+retries whenever a release sends ``NOTIFY`` (pushed). A slot freed by a crashed holder
+sends no notification: the head notices it within ``liveness_interval``. ``max_waiting``
+and ``inspect`` count other processes' requests from ``pg_locks`` (their queued heads,
+and their heads holding a semaphore's gate) and this process's from its own queue.
+
+Cancellation (``_pg_grants.py``). Statements that can grant run in a task of their own,
+so a cancelled caller never leaves a grant nobody knows about: the statement finishes and
+what it granted is released before the cancellation propagates. A server-side wait is
+cancelled on the server (asyncpg's cancel request); then the spare runs
+``pg_advisory_unlock_all()``, which also hands on a grant that raced the cancellation. A
+spare that cannot be cleaned is closed, never reused, and no connection is ever handed
+back to a user-supplied pool while it holds a lock.
+
+PgBouncer in transaction or statement pooling mode silently breaks session-level locks
+(consecutive statements may run in different server sessions). Each session records
+``pg_backend_pid()`` when it opens and every granting statement and liveness ping returns
+it again: a pid that changes raises ``BackendError`` naming the cause. Connect directly,
+or through session pooling.
+
+Options (``_pg_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
+(seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``schema`` (of
+the sequence and the ``agentlocks_generations`` table; default: first of ``search_path``),
+``application_name`` (default ``"agentlocks"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import anyio
+
+from agentlocks._url import COMMON_OPTIONS, Settings
+from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
+
+from ._base import Grant, HolderInfo, LostCallback, describe
+from ._pg_grants import DRIVER_ERRORS, Grants
+from ._pg_liveness import Liveness
+from ._pg_observe import foreign_waiting, head_granted, snapshot
+from ._pg_options import OPTION_NAMES, parse_options
+from ._pg_queue import Hold, KeyState, Request
+from ._pg_session import Session, Sessions, driver_dsn
+from ._pg_sql import MAX_SLOTS, Keys, Sql, keys_for
+
+__all__ = ["PostgresBackend"]
+
+logger = logging.getLogger("agentlocks")
+
+
+class PostgresBackend:
+    """Locks and semaphores on PostgreSQL advisory locks (see the module docstring)."""
+
+    remote: ClassVar[bool] = True
+    option_names: ClassVar[frozenset[str]] = OPTION_NAMES
+
+    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+        options = parse_options(settings.options)
+        pool = settings.client
+        if pool is not None and not (hasattr(pool, "acquire") and hasattr(pool, "release")):
+            raise ConfigError(f"postgres= must be an asyncpg pool, got {type(pool).__name__}")
+        self._settings = settings
+        self._on_lost = on_lost
+        self._namespace = settings.namespace
+        self._sql = Sql(options.schema)
+        self._sessions = Sessions(
+            dsn=driver_dsn(settings.url, OPTION_NAMES | COMMON_OPTIONS),
+            redacted=settings.redacted_url,
+            password=urlsplit(settings.url).password,
+            pool=pool,
+            sql=self._sql,
+            pool_size=options.pool_size,
+            max_idle=options.max_idle,
+            connect_timeout=options.connect_timeout,
+            application_name=options.application_name,
+            on_dead=self._session_died,
+        )
+        self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval)
+        self._states: dict[str, KeyState] = {}
+        self._grants = Grants(
+            self._sessions, self._sql, self._liveness, self._states, options.liveness_interval
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresBackend(url={self._settings.redacted_url!r}, "
+            f"namespace={self._namespace!r}, connections={len(self._sessions)})"
+        )
+
+    def backend_pid(self, grant: Grant) -> int | None:
+        """The server pid of the session holding ``grant`` (diagnostics and tests)."""
+        hold = grant.handle
+        if not isinstance(hold, Hold) or hold.released or hold.session.dead:
+            return None
+        return hold.session.pid
+
+    def connection_count(self) -> int:
+        """How many connections this backend has open now (including the LISTEN one)."""
+        return len(self._sessions)
+
+    def _error(self, exc: BaseException) -> BackendError:
+        return self._grants.error(exc)
+
+    # -- acquire -------------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        resource: str,
+        *,
+        shared: bool,
+        capacity: int | None,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float,
+        timeout: float | None,
+    ) -> Grant:
+        if capacity is not None and capacity >= MAX_SLOTS:
+            raise ConfigError(f"capacity must be below {MAX_SLOTS} on PostgreSQL")
+        state = self._state(resource)
+        request = Request(shared, capacity, lease_ttl)
+        checked = False
+        if state.active is not None or state.queue or state.batch:
+            # Someone of this process is ahead: queue locally, in FIFO order.
+            if not wait:
+                self._grants.drop_if_idle(resource, state)
+                raise Busy(f"{describe(resource)!r} is held", key=describe(resource))
+            if max_waiting is not None:
+                try:
+                    await self._check_waiting(resource, state, max_waiting)
+                finally:
+                    self._grants.drop_if_idle(resource, state)
+                checked = True
+                # The check suspended: whoever was ahead may be gone, and the state with it.
+                state = self._state(resource)
+        if state.active is not None or state.queue or state.batch:
+            try:
+                await state.enqueue(request)  # leaves the queue by itself if cancelled
+            except BaseException:
+                if request.grant is not None:  # granted with the head as it was cancelled
+                    with anyio.CancelScope(shield=True):
+                        await self.release(request.grant)
+                self._grants.drop_if_idle(resource, state)
+                raise
+            if request.grant is not None:  # granted together with the request ahead
+                request.settle()
+                return request.grant
+        else:
+            state.active = request
+        try:
+            return await self._attempt(
+                resource, state, request, wait, max_waiting, lease_ttl, checked
+            )
+        finally:
+            request.settle()
+            state.advance(request)
+            self._grants.drop_if_idle(resource, state)
+
+    def _state(self, resource: str) -> KeyState:
+        state = self._states.get(resource)
+        if state is None:
+            state = self._states[resource] = KeyState(keys_for(self._namespace, resource))
+        return state
+
+    async def _attempt(
+        self,
+        resource: str,
+        state: KeyState,
+        request: Request,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float,
+        checked: bool,
+    ) -> Grant:
+        if state.compatible(request.shared, request.capacity):
+            grant = await self._grants.fast(resource, state, request, lease_ttl)
+            if grant is not None:
+                return grant
+        if not wait:
+            raise Busy(f"{describe(resource)!r} is held", key=describe(resource))
+        if max_waiting is not None and not checked:
+            await self._check_waiting(resource, state, max_waiting)
+        request.waiting = True
+        if request.capacity is None:
+            return await self._grants.wait_lock(resource, state, request, lease_ttl)
+        return await self._grants.wait_slot(resource, state, request, lease_ttl)
+
+    async def release(self, grant: Grant) -> None:
+        await self._grants.release(grant)
+
+    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+        sessions = {g.handle.session for g in grants if isinstance(g.handle, Hold)}
+        await self._liveness.check(sessions)
+        return [g for g in grants if not isinstance(g.handle, Hold) or g.handle.released]
+
+    async def verify(self, grant: Grant) -> bool:
+        hold = grant.handle
+        if not isinstance(hold, Hold) or hold.released or hold.session.dead:
+            return False
+        try:
+            row = await hold.session.run(self._sql.holds, hold.key)
+        except DRIVER_ERRORS as exc:
+            if hold.session.dead or hold.session.conn.is_closed():
+                return False
+            raise self._error(exc) from exc
+        return bool(row[0]) and not hold.released
+
+    # -- lost connections ----------------------------------------------------------------------
+
+    def _session_died(self, session: Session) -> None:
+        for grant in list(session.grants):
+            session.grants.discard(grant)
+            hold = grant.handle
+            assert isinstance(hold, Hold)
+            hold.released = True
+            state = self._states.get(grant.resource)
+            if state is not None:
+                state.holders.pop(grant, None)
+                self._grants.drop_if_idle(grant.resource, state)
+            self._on_lost(grant)
+
+    # -- queue bookkeeping -----------------------------------------------------------------------
+
+    async def _rows(self, keys: Keys, semaphore: bool) -> list[Any]:
+        low, high = (keys.slot_base, keys.slot_base + MAX_SLOTS - 1) if semaphore else (1, 0)
+        session = await self._sessions.shared()
+        try:
+            return list(await session.fetch(self._sql.locks, [keys.gate, keys.hold], low, high))
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def _check_waiting(self, resource: str, state: KeyState, max_waiting: int) -> None:
+        semaphore = resource[0] == "s"
+        waiting = state.waiting()
+        if waiting < max_waiting:
+            rows = await self._rows(state.keys, semaphore)
+            foreign = foreign_waiting(rows, self._sessions.pids, state.keys, semaphore)
+            waiting = state.waiting() + foreign
+        if waiting >= max_waiting:
+            raise QueueFull(
+                f"{waiting} requests already wait on {describe(resource)!r} "
+                f"(max_waiting={max_waiting})",
+                key=describe(resource),
+            )
+
+    async def inspect(self, resource: str) -> tuple[tuple[HolderInfo, ...], int]:
+        semaphore = resource[0] == "s"
+        state = self._states.get(resource)
+        keys = state.keys if state is not None else keys_for(self._namespace, resource)
+        rows = await self._rows(keys, semaphore)
+        if head_granted(rows, state):
+            # The server granted our queued request already; its task records the grant
+            # (and its token) in a moment: report it as the holder it is.
+            assert state is not None and state.active is not None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await state.active.settled.wait()
+        state = self._states.get(resource)
+        return snapshot(rows, self._sessions.pids, keys, state, semaphore)
+
+    # -- registries --------------------------------------------------------------------------------
+
+    async def read_generation(self, name: str) -> int:
+        session = await self._sessions.shared()
+        try:
+            await self._sessions.ensure_table(session)
+            row = await session.run(self._sql.read_generation, self._namespace, name)
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc) from exc
+        return 0 if row is None else int(row[0])
+
+    async def publish_generation(self, name: str, generation: int) -> int:
+        session = await self._sessions.shared()
+        try:
+            await self._sessions.ensure_table(session)
+            row = await session.run(self._sql.publish_generation, self._namespace, name, generation)
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc) from exc
+        return int(row[0])
+
+    async def aclose(self) -> None:
+        await self._grants.aclose()
+        await self._liveness.aclose()
+        await self._sessions.aclose()

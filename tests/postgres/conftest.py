@@ -1,0 +1,83 @@
+"""Fixtures of the PostgreSQL backend's adversarial tests (real server from scripts/test)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+import agentlocks
+from agentlocks import Coordinator
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The rig's PostgreSQL URL (skipped, or failed on CI, when the server is not up)."""
+    url = os.environ.get("AGENTLOCKS_TEST_POSTGRES_URL")
+    if not url:
+        message = "AGENTLOCKS_TEST_POSTGRES_URL is not set (run the suite through scripts/test)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def app_name() -> str:
+    """An application_name no other test uses, to count this test's connections."""
+    return f"agentlocks-test-{uuid.uuid4().hex[:10]}"
+
+
+class Connect(Protocol):
+    """Factory fixture: a coordinator on the rig's server, closed after the test."""
+
+    def __call__(self, **options: Any) -> Coordinator: ...
+
+
+@pytest_asyncio.fixture
+async def connect(pg_url: str, app_name: str) -> AsyncIterator[Connect]:
+    """Make coordinators in a fresh namespace, tagged with ``app_name``; close them after."""
+    namespace = f"pgtest-{uuid.uuid4().hex[:12]}"
+    made: list[Coordinator] = []
+
+    def make(**options: Any) -> Coordinator:
+        options.setdefault("namespace", namespace)
+        options.setdefault("application_name", app_name)
+        coord = agentlocks.connect(pg_url, **options)
+        made.append(coord)
+        return coord
+
+    yield make
+    for coord in made:
+        await coord.aclose()
+
+
+@pytest_asyncio.fixture
+async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection for looking at pg_locks and pg_stat_activity."""
+    conn = await asyncpg.connect(pg_url)
+    yield conn
+    await conn.close()
+
+
+async def connections_of(admin: asyncpg.Connection, app_name: str) -> int:
+    """How many server sessions carry ``app_name``."""
+    count: int = await admin.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name
+    )
+    return count
+
+
+async def advisory_locks_of(admin: asyncpg.Connection, app_name: str) -> int:
+    """How many advisory locks (held or awaited) sessions carrying ``app_name`` have."""
+    count: int = await admin.fetchval(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND a.application_name = $1",
+        app_name,
+    )
+    return count

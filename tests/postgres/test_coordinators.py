@@ -1,0 +1,149 @@
+"""Several coordinators (separate sessions, as separate processes would be) on one server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+import agentlocks
+from agentlocks import Busy, Lease, LeaseLost, QueueFull
+
+from .conftest import Connect, advisory_locks_of
+
+pytestmark = pytest.mark.postgres
+
+
+async def _queued(coord: agentlocks.Coordinator, key: str, n: int, semaphore: bool = False) -> None:
+    while (await coord.inspect(key, semaphore=semaphore)).waiting != n:
+        await asyncio.sleep(0.005)
+
+
+async def test_a_queued_writer_of_another_process_blocks_new_readers(connect: Connect) -> None:
+    """Reader in A, writer queued from B: a reader from C is refused, then comes after B."""
+    a, b, c = connect(), connect(), connect()
+    reader = await a.acquire("doc", shared=True)
+    writer = asyncio.create_task(_lease(b, "doc"))
+    await _queued(a, "doc", 1)
+    with pytest.raises(Busy):
+        await c.acquire("doc", shared=True, wait=False)
+    late = asyncio.create_task(_lease(c, "doc", shared=True))
+    await _queued(a, "doc", 2)
+    await reader.release()
+    write = await asyncio.wait_for(writer, 10)
+    assert not late.done()
+    await write.release()
+    read = await asyncio.wait_for(late, 10)
+    assert read.token > write.token > reader.token
+    await read.release()
+
+
+async def _lease(coord: agentlocks.Coordinator, key: str, shared: bool = False) -> Lease:
+    return await coord.acquire(key, shared=shared)
+
+
+async def test_max_waiting_counts_other_processes_waiters(connect: Connect) -> None:
+    """A waiter queued by another coordinator counts toward max_waiting here."""
+    a, b, c = connect(), connect(), connect()
+    holder = await a.acquire("busy")
+    waiter = asyncio.create_task(_lease(b, "busy"))
+    await _queued(c, "busy", 1)
+    with pytest.raises(QueueFull):
+        await c.acquire("busy", max_waiting=1)
+    info = await c.inspect("busy")
+    assert info.waiting == 1 and len(info.holders) == 1 and info.holders[0].token == 0
+    await holder.release()
+    await (await asyncio.wait_for(waiter, 10)).release()
+
+
+async def test_semaphore_capacity_and_wake_up_across_processes(connect: Connect) -> None:
+    """Capacity counts every coordinator's holders; a release elsewhere wakes the waiter."""
+    a, b = connect(), connect()
+    slots = [await a.semaphore("llm", capacity=2), await a.semaphore("llm", capacity=2)]
+    with pytest.raises(Busy):
+        await b.semaphore("llm", capacity=2, wait=False)
+    waiter = asyncio.create_task(_slot(b, "llm", 2))
+    await _queued(a, "llm", 1, semaphore=True)
+    assert len((await b.inspect("llm", semaphore=True)).holders) == 2
+    await slots[0].release()  # NOTIFY wakes b's head at once
+    got = await asyncio.wait_for(waiter, 10)
+    assert got.token > slots[1].token
+    for lease in (got, slots[1]):
+        await lease.release()
+
+
+async def _slot(coord: agentlocks.Coordinator, name: str, capacity: int) -> Lease:
+    return await coord.semaphore(name, capacity=capacity)
+
+
+async def test_a_slot_freed_by_a_dead_holder_reaches_the_waiter(
+    connect: Connect, admin: asyncpg.Connection
+) -> None:
+    """A slot holder's session is terminated (no NOTIFY): the waiter gets the slot anyway."""
+    a, b = connect(), connect(liveness_interval=0.2)
+    slot = await a.semaphore("gpu", capacity=1)
+    waiter = asyncio.create_task(_slot(b, "gpu", 1))
+    await _queued(b, "gpu", 1, semaphore=True)
+    pid = a.backend.backend_pid(slot._grant)  # type: ignore[attr-defined]
+    assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+    got = await asyncio.wait_for(waiter, 10)
+    assert got.token > slot.token
+    with pytest.raises(LeaseLost):
+        await slot.release()
+    await got.release()
+
+
+async def test_terminating_a_shared_session_loses_every_grant_on_it(
+    connect: Connect, admin: asyncpg.Connection
+) -> None:
+    """All grants living on one terminated session are reported lost, the others are kept."""
+    coord = connect(pool_size=1)
+    leases = [await coord.acquire(f"many{i}") for i in range(5)]
+    pids = {coord.backend.backend_pid(lease._grant) for lease in leases}  # type: ignore[attr-defined]
+    assert len(pids) == 1
+    assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pids.pop())
+    for _ in range(200):
+        if all(lease.lost for lease in leases):
+            break
+        await asyncio.sleep(0.01)
+    assert all(lease.lost for lease in leases)
+    for lease in leases:
+        with pytest.raises(LeaseLost):
+            await lease.release()
+    async with coord.acquire("many0", wait=False) as again:
+        assert again.token > max(lease.token for lease in leases)
+
+
+async def test_timed_out_waits_leave_no_lock_in_the_server(
+    connect: Connect, admin: asyncpg.Connection, app_name: str
+) -> None:
+    """Requests that time out while queued in the server leave nothing in pg_locks."""
+    holder_coord, coord = connect(application_name="pgtest-holder"), connect()
+    holder = await holder_coord.acquire("slow")
+    for shared in (False, True, False):
+        with pytest.raises(agentlocks.AcquireTimeout):
+            await coord.acquire("slow", shared=shared, timeout=0.2)
+        assert await advisory_locks_of(admin, app_name) == 0
+    async with holder_coord.semaphore("sem-slow", capacity=1):
+        with pytest.raises(agentlocks.AcquireTimeout):
+            await coord.semaphore("sem-slow", capacity=1, timeout=0.2)
+        assert await advisory_locks_of(admin, app_name) == 0
+    await holder.release()
+    assert await advisory_locks_of(admin, app_name) == 0
+
+
+async def test_max_waiting_check_does_not_strand_a_request(connect: Connect) -> None:
+    """A queued request whose max_waiting check outlives the request ahead is still served."""
+    coord = connect()
+
+    async def request(user: str) -> str:
+        async with (
+            coord.acquire(f"user:{user}", timeout=20),
+            coord.semaphore("ingest", capacity=4, max_waiting=20, timeout=20),
+        ):
+            await asyncio.sleep(0.02)
+        return user
+
+    done = await asyncio.gather(*(request(u) for _ in range(3) for u in "ab"))
+    assert sorted(done) == ["a", "a", "a", "b", "b", "b"]
