@@ -77,3 +77,12 @@ async def test_lease_and_context_reprs_show_state() -> None:
     await lease.release()
     assert repr(lease) == "Lease(key='thread:1', token=1, shared=True, state=released)"
     assert repr(coord.registry("tools")) == "Registry('tools')"
+
+
+def test_inlined_lease_construction_matches_the_constructor() -> None:
+    """acquire()'s inlined Lease construction sets every slot exactly as Lease() does."""
+    coord = agentlocks.connect()
+    fast = coord.acquire("k")
+    slow = agentlocks.Lease(coord, fast._request)
+    for slot in agentlocks.Lease.__slots__:
+        assert getattr(fast, slot) == getattr(slow, slot), slot
