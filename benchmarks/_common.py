@@ -375,3 +375,23 @@ def print_targets(title: str, targets: Sequence[Target]) -> int:
     else:
         print(f"\nAll {len(targets)} targets met.")
     return missed
+
+
+def per_round_ratios(
+    rows: dict[str, list[dict[str, Any]]], name: str, floor: str, get: Any
+) -> list[float]:
+    """``get(name's result) / get(floor's result)`` for each round, pairing results by round.
+
+    Rounds where either side has no figure (a failed run) are left out.
+    """
+    out = []
+    for mine, base in zip(rows.get(name, []), rows.get(floor, []), strict=False):
+        x, b = get(mine), get(base)
+        if x is not None and b:
+            out.append(x / b)
+    return out
+
+
+def spread(xs: list[float]) -> str:
+    """The range of per-round ratios, e.g. ``2.10..2.45``."""
+    return f"{min(xs):.2f}..{max(xs):.2f}" if xs else "-"

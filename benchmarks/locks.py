@@ -40,9 +40,11 @@ from _common import (
     median,
     peer_args,
     peer_bench_path,
+    per_round_ratios,
     print_targets,
     rss_bytes,
     run_rounds,
+    spread,
     uncontended_rounds,
 )
 
@@ -113,21 +115,6 @@ async def memory_check(keys: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- summarising
-def per_round_ratios(
-    rows: dict[str, list[dict[str, Any]]], name: str, floor: str, get: Any
-) -> list[float]:
-    """``get(result) / get(floor result)`` for each round, pairing results by round."""
-    out = []
-    for mine, base in zip(rows[name], rows[floor], strict=True):
-        x, b = get(mine), get(base)
-        if x is not None and b:
-            out.append(x / b)
-    return out
-
-
-def spread(xs: list[float]) -> str:
-    """The range of per-round ratios, e.g. ``2.10..2.45``."""
-    return f"{min(xs):.2f}..{max(xs):.2f}" if xs else "-"
 
 
 def med(rs: list[dict[str, Any]], *fields: str, nd: int = 1) -> str:

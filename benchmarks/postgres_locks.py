@@ -39,8 +39,10 @@ from _common import (
     markdown_table,
     median,
     peer_args,
+    per_round_ratios,
     print_targets,
     run_rounds,
+    spread,
     uncontended_rounds,
 )
 
@@ -99,21 +101,6 @@ async def measure(pb: Any, args: Any, dsn: str) -> dict[str, Any]:
             await a.teardown()
 
 
-def ratios(rows: dict[str, list[dict[str, Any]]], num: str, den: str, get: Any) -> list[float]:
-    """``get(num's result) / get(den's result)`` per round (results paired by round)."""
-    out = []
-    for mine, base in zip(rows[num], rows[den], strict=True):
-        x, b = get(mine), get(base)
-        if x is not None and b:
-            out.append(x / b)
-    return out
-
-
-def spread(xs: list[float]) -> str:
-    """The range of per-round ratios, e.g. ``1.10..1.45``."""
-    return f"{min(xs):.2f}..{max(xs):.2f}" if xs else "-"
-
-
 def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     """Print the four tables; return the figures the targets need."""
     floor, rtt = m["floor"], m["rtt"]
@@ -127,8 +114,8 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     )
     rows = []
     for n in names:
-        xs = ratios(unc, n, floor, lambda r: r["us_per_op"])
-        in_rtt = median(ratios(unc, n, rtt, lambda r: r["us_per_op"]))
+        xs = per_round_ratios(unc, n, floor, lambda r: r["us_per_op"])
+        in_rtt = median(per_round_ratios(unc, n, rtt, lambda r: r["us_per_op"]))
         us = median(r["us_per_op"] for r in unc[n])
         rows.append([
             n, fmt(us, 1), fmt(median(r["ops_s"] for r in unc[n])),
@@ -152,7 +139,7 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
         rows = []
         for n in per:
             rs = per[n]
-            xs = ratios(per, n, floor, lambda r: r["p50_us"])
+            xs = per_round_ratios(per, n, floor, lambda r: r["p50_us"])
             rows.append([
                 n, fmt(median(r["p50_us"] for r in rs)), fmt(median(r["p99_us"] for r in rs)),
                 f"{max(r['self_reacquire_frac'] for r in rs):.0%}",
@@ -174,7 +161,7 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     )
     rows = []
     for n in mk:
-        xs = ratios(mk, n, floor, lambda r: r["ops_s"])  # ours / floor: higher is better
+        xs = per_round_ratios(mk, n, floor, lambda r: r["ops_s"])  # ours / floor: higher is better
         ops = median(r["ops_s"] for r in mk[n])
         rows.append([
             n, fmt(ops), fmt_ratio(median(xs)), spread(xs),
@@ -194,7 +181,7 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     rows = []
     for n in fa:
         rs = fa[n]
-        xs = ratios(fa, n, floor, lambda r: r["queued_handoff_p50_us"])
+        xs = per_round_ratios(fa, n, floor, lambda r: r["queued_handoff_p50_us"])
         viol, grants = sum(r["violations"] for r in rs), sum(r["grants"] for r in rs)
         p50 = median(r["queued_handoff_p50_us"] for r in rs)
         rows.append([

@@ -49,8 +49,10 @@ from _common import (
     median,
     peer_args,
     peer_bench_path,
+    per_round_ratios,
     print_targets,
     run_rounds,
+    spread,
     uncontended_rounds,
 )
 
@@ -169,21 +171,6 @@ async def ping_p50_us(ping: Any, count: int = PINGS_BESIDE) -> float:
     return median(rtts) * 1e6
 
 
-def paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str, get: Any) -> list[float]:
-    """``get(a's result) / get(b's result)`` per round (results paired by round index)."""
-    out = []
-    for x, y in zip(rows.get(a, []), rows.get(b, []), strict=False):
-        vx, vy = get(x), get(y)
-        if vx is not None and vy:
-            out.append(vx / vy)
-    return out
-
-
-def spread(xs: list[float]) -> str:
-    """The range of per-round ratios, e.g. ``1.02..1.15``."""
-    return f"{min(xs):.2f}..{max(xs):.2f}" if xs else "-"
-
-
 def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     """Print the four tables; return the figures the targets need."""
     names = [a.name for a in m["adapters"]]
@@ -196,8 +183,8 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     )
     rows = []
     for n in names:
-        x_floor = paired(unc, n, FLOOR, lambda r: r["us_per_op"])
-        in_rtt = paired(unc, n, PING, lambda r: r["us_per_op"])
+        x_floor = per_round_ratios(unc, n, FLOOR, lambda r: r["us_per_op"])
+        in_rtt = per_round_ratios(unc, n, PING, lambda r: r["us_per_op"])
         us = median(r["us_per_op"] for r in unc[n])
         p50 = median(r["p50_us"] for r in unc[n])
         p99 = median(r["p99_us"] for r in unc[n])
@@ -245,7 +232,8 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
     )
     rows = []
     for n in contended:
-        x_floor = paired(mk, n, FLOOR, lambda r: r["ops_s"])  # ours / floor: higher is better
+        # ours / floor: higher is better
+        x_floor = per_round_ratios(mk, n, FLOOR, lambda r: r["ops_s"])
         rows.append([n, fmt(median(r["ops_s"] for r in mk[n])), fmt_ratio(median(x_floor)),
                      spread(x_floor), fmt(median(r["p50_us"] for r in mk[n])) + " / "
                      + fmt(median(r["p99_us"] for r in mk[n]))])  # fmt: skip
