@@ -115,10 +115,13 @@ class Lease:
 
     # -- acquiring -------------------------------------------------------------------------
 
-    def _try_now(self) -> bool:
-        """In-process fast path: take the grant without suspending if it is free now."""
+    def _check_fresh(self) -> None:
         if self._grant is not None or self._released:
             raise RuntimeError(f"{self!r} was already acquired; a lease is acquired once")
+
+    def _try_now(self) -> bool:
+        """In-process fast path: take the grant without suspending if it is free now."""
+        self._check_fresh()
         try_acquire = self._coordinator._try_acquire
         if try_acquire is None:
             return False
@@ -147,8 +150,10 @@ class Lease:
             if grant is not None:
                 self._grant = grant
                 return self
-        if not self._try_now():
-            yield from coord._acquire(self).__await__()
+            # Not free, and a deadline or a fail-fast option to enforce: the slow path.
+        else:
+            self._check_fresh()
+        yield from coord._acquire(self).__await__()
         return self
 
     async def __aenter__(self) -> Lease:
