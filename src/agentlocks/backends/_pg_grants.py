@@ -28,6 +28,7 @@ from ._base import Grant, describe
 from ._pg_liveness import Liveness
 from ._pg_queue import Hold, KeyState, Kind, Request
 from ._pg_session import PgBouncerDetected, Session, Sessions, drain, finish
+from ._pg_spares import holds_any
 from ._pg_sql import Sql
 
 DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -197,7 +198,7 @@ class Grants:
         self, resource: str, state: KeyState, request: Request, lease_ttl: float
     ) -> Grant:
         keys = state.keys
-        session = await self._sessions.spare()
+        session = await self._sessions.spare(exempt=holds_any())
         request.session = session
         sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
         task = session.submit(sql, keys.gate, keys.hold)
@@ -227,7 +228,7 @@ class Grants:
     ) -> Grant:
         keys = state.keys
         assert request.capacity is not None
-        gatekeeper = await self._sessions.spare()
+        gatekeeper = await self._sessions.spare(exempt=holds_any())
         request.session = gatekeeper
         task = gatekeeper.submit(self._sql.wait_gate, keys.gate)
         try:
@@ -289,6 +290,8 @@ class Grants:
         if hold.released:
             return  # idempotent; also after the grant was lost
         hold.released = True
+        if hold.holders is not None:
+            hold.holders.discard(grant)
         session = hold.session
         session.grants.discard(grant)
         state = self._states.get(grant.resource)

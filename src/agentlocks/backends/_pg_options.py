@@ -16,6 +16,7 @@ OPTION_NAMES: Final = frozenset(
         "liveness_interval",
         "pool_size",
         "max_idle",
+        "max_spares",
         "schema",
         "application_name",
     }
@@ -33,6 +34,9 @@ class PgOptions:
             a crashed holder) is noticed.
         pool_size: Shared sessions (fast-path grants, releases, queries).
         max_idle: Clean spare sessions kept open for the next wait.
+        max_spares: Spare sessions lent at once (one per key waited on in the server, kept
+            by the grant it wins); further waits queue FIFO for one to come back. A task
+            that already holds a grant may exceed it (see ``_pg_spares.py``).
         schema: Schema of the token sequence and the generation table (None: the first
             schema of ``search_path``).
         application_name: Shown in ``pg_stat_activity`` for this backend's connections.
@@ -42,6 +46,7 @@ class PgOptions:
     liveness_interval: float = 2.0
     pool_size: int = 8
     max_idle: int = 4
+    max_spares: int = 32
     schema: str | None = None
     application_name: str = "agentlocks"
 
@@ -76,6 +81,7 @@ def parse_options(options: Mapping[str, object]) -> PgOptions:
         ),
         pool_size=int(_positive(options, "pool_size", _DEFAULTS.pool_size, True)),
         max_idle=int(_positive(options, "max_idle", _DEFAULTS.max_idle, True)),
+        max_spares=int(_positive(options, "max_spares", _DEFAULTS.max_spares, True)),
         schema=schema,
         application_name=app,
     )

@@ -31,7 +31,7 @@ class Kind(enum.Enum):
 class Hold:
     """Backend-private part of a grant (``Grant.handle``)."""
 
-    __slots__ = ("key", "keys", "kind", "released", "session", "slot")
+    __slots__ = ("holders", "key", "keys", "kind", "released", "session", "slot")
 
     def __init__(self, session: Session, kind: Kind, key: int, slot: int | None, keys: Keys):
         self.session = session
@@ -40,6 +40,8 @@ class Hold:
         self.slot = slot
         self.keys = keys
         self.released = False  # released, or lost with its connection
+        # The context's set of held grants this grant is in (``_pg_spares.holdings``).
+        self.holders: set[Grant] | None = None
 
     def __repr__(self) -> str:
         return f"Hold(pid={self.session.pid}, {self.kind.value}, released={self.released})"

@@ -37,6 +37,7 @@ from agentlocks.errors import BackendError
 
 from ._base import Grant
 from ._pg_batch import Coalescer
+from ._pg_spares import SpareBudget
 from ._pg_sql import Sql
 
 T = TypeVar("T")
@@ -47,6 +48,10 @@ _BOOTSTRAP_KEY = 0x61676E746C6B73  # "agntlks"
 
 class PgBouncerDetected(BackendError):
     """The backend pid changed between statements on one connection (a pooler)."""
+
+
+class ServerFull(BackendError):
+    """The server refused a connection: ``max_connections`` or the role's limit reached."""
 
 
 class Session:
@@ -193,6 +198,7 @@ class Sessions:
         sql: Sql,
         pool_size: int,
         max_idle: int,
+        max_spares: int,
         connect_timeout: float,
         application_name: str,
         on_dead: Callable[[Session], None],
@@ -211,6 +217,8 @@ class Sessions:
         self._opening_shared = 0
         self._shared_changed = asyncio.Event()
         self._idle: deque[Session] = deque()
+        self._lent: set[Session] = set()  # spares out for a wait or holding its grant
+        self._budget = SpareBudget(max_spares)
         self._all: dict[int, Session] = {}  # pid -> session, every open session
         self._listener: Any = None
         self._listener_lock = asyncio.Lock()
@@ -256,6 +264,9 @@ class Sessions:
                         timeout=self._connect_timeout,
                         server_settings={"application_name": self._application_name},
                     )
+        except asyncpg.TooManyConnectionsError as exc:
+            text = self.error(exc, "connecting to")
+            raise ServerFull(f"{text} (no connection slot free on the server)") from exc
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self.error(exc, "connecting to") from exc
         try:
@@ -346,6 +357,7 @@ class Sessions:
             self._shared.remove(session)
         with contextlib.suppress(ValueError):
             self._idle.remove(session)
+        self._returned(session)
         if session.closing:
             return
         session.dead = True
@@ -374,6 +386,7 @@ class Sessions:
             self._shared.remove(session)
         with contextlib.suppress(ValueError):
             self._idle.remove(session)
+        self._returned(session)
         if session.grants:
             session.dead = True
             self._on_dead(session)
@@ -404,6 +417,12 @@ class Sessions:
         self._opening_shared += 1
         try:
             session = await self._open(shared=True)
+        except ServerFull:
+            if not self._shared:
+                raise
+            # The server has no slot for another one: make do with those open now.
+            self._pool_size = len(self._shared)
+            return min(self._shared, key=lambda s: s.pending)
         finally:
             self._opening_shared -= 1
             self._shared_changed.set()
@@ -411,21 +430,61 @@ class Sessions:
         self._shared.append(session)
         return session
 
-    async def spare(self) -> Session:
-        """A clean session for one blocking wait."""
-        while self._idle:
-            session = self._idle.pop()
-            if not session.dead:
-                return session
-        return await self._open(shared=False)
+    async def spare(self, exempt: bool) -> Session:
+        """A clean session for one blocking wait, within the budget (``_pg_spares.py``).
+
+        ``exempt``: the caller's task holds a grant already, so it must not wait for the
+        budget (that could deadlock); it may exceed it.
+        """
+        await self._budget.take(exempt)
+        try:
+            session = await self._spare_within_budget(exempt)
+        except BaseException:
+            self._budget.give()
+            raise
+        self._lent.add(session)
+        return session
+
+    async def _spare_within_budget(self, exempt: bool) -> Session:
+        while True:
+            while self._idle:
+                session = self._idle.pop()
+                if not session.dead:
+                    return session
+            try:
+                return await self._open(shared=False)
+            except ServerFull:
+                # Wait for one of ours to come back, unless none can (nothing lent) or
+                # the caller holds a grant (it could be what the lent ones wait for).
+                if exempt or not self._lent:
+                    raise
+                await self._budget.take_again()
+
+    def _returned(self, session: Session) -> None:
+        """A lent spare is back (idle or closed): its place in the budget passes on."""
+        if session in self._lent:
+            self._lent.discard(session)
+            self._budget.give()
+
+    @property
+    def spares_lent(self) -> int:
+        """Spares out now (waiting in the server, or pinned by the grant they won)."""
+        return len(self._lent)
+
+    @property
+    def spare_line(self) -> int:
+        """Requests waiting for a spare (the budget is spent, or the server is full)."""
+        return self._budget.waiting
 
     async def give_back(self, session: Session) -> None:
         """Return a clean spare (it holds nothing) for reuse, or close it."""
         assert not session.grants, "a session holding locks must never be reused"
         if session.dead:
+            self._returned(session)
             return
         if len(self._idle) < self._max_idle and not self._closed:
             self._idle.append(session)
+            self._returned(session)  # after: the next in line finds it idle
         else:
             await self.close(session)
 

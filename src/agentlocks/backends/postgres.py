@@ -30,10 +30,13 @@ number of fast-path grants live; plus one spare per key the process is waiting o
 moment (not per waiting task), which the grant it wins keeps (*pinned*) until released,
 and then goes back to an idle list of at most ``max_idle``; plus one LISTEN connection
 once a semaphore is waited on. So 1,000 locks taken without contention cost at most
-``pool_size`` connections, and 200 tasks queued on one key cost one spare. Spares have no
-cap of their own (a cap would let tasks that hold a lock and wait for a spare deadlock
-with the waits that occupy the spares); the server's ``max_connections`` bounds them,
-and a refused connection raises ``BackendError`` at once, never a hang.
+``pool_size`` connections, and 200 tasks queued on one key cost one spare. At most
+``max_spares`` spares (default 32) are lent at once (``_pg_spares.py``): past that, and
+when the server refuses a connection while some of ours are lent, a wait queues FIFO for
+a spare to come back, within its ``timeout``. A task that already holds a grant never
+waits for a spare (it may exceed the budget): it could hold what the lent spares wait
+for. So a coordinator opens at most ``pool_size + max_spares + 1`` connections, plus
+those of holders asking for more.
 
 Fencing tokens come from one sequence (``agentlocks_tokens``, created on first use,
 ``CACHE 1``), drawn in the granting statement after the hold is taken: strictly
@@ -75,7 +78,8 @@ it again: a pid that changes raises ``BackendError`` naming the cause. Connect d
 or through session pooling.
 
 Options (``_pg_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
-(seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``schema`` (of
+(seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``max_spares``
+(default 32), ``schema`` (of
 the sequence and the ``agentlocks_generations`` table; default: first of ``search_path``),
 ``application_name`` (default ``"agentlocks"``).
 """
@@ -99,11 +103,21 @@ from ._pg_observe import foreign_waiting, head_granted, snapshot
 from ._pg_options import OPTION_NAMES, parse_options
 from ._pg_queue import Hold, KeyState, Request
 from ._pg_session import Session, Sessions, driver_dsn
+from ._pg_spares import holdings
 from ._pg_sql import MAX_SLOTS, Keys, Sql, keys_for
 
 __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger("agentlocks")
+
+
+def _held_here(grant: Grant) -> Grant:
+    """Record ``grant`` as held by the calling task's context (see ``_pg_spares.py``)."""
+    hold = grant.handle
+    assert isinstance(hold, Hold)
+    hold.holders = holdings()
+    hold.holders.add(grant)
+    return grant
 
 
 class PostgresBackend:
@@ -129,6 +143,7 @@ class PostgresBackend:
             sql=self._sql,
             pool_size=options.pool_size,
             max_idle=options.max_idle,
+            max_spares=options.max_spares,
             connect_timeout=options.connect_timeout,
             application_name=options.application_name,
             on_dead=self._session_died,
@@ -201,13 +216,14 @@ class PostgresBackend:
                 raise
             if request.grant is not None:  # granted together with the request ahead
                 request.settle()
-                return request.grant
+                return _held_here(request.grant)
         else:
             state.active = request
         try:
-            return await self._attempt(
+            grant = await self._attempt(
                 resource, state, request, wait, max_waiting, lease_ttl, checked
             )
+            return _held_here(grant)
         finally:
             request.settle()
             state.advance(request)
@@ -270,6 +286,8 @@ class PostgresBackend:
             hold = grant.handle
             assert isinstance(hold, Hold)
             hold.released = True
+            if hold.holders is not None:
+                hold.holders.discard(grant)
             state = self._states.get(grant.resource)
             if state is not None:
                 state.holders.pop(grant, None)
