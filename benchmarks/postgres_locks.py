@@ -6,7 +6,10 @@ asyncpg's default pool reset, and with one ``SELECT 1`` round trip, on the four 
 of the shared peer benchmark; then checks the targets of issue 4 ("Performance").
 
 The server: ``--dsn``, else ``$PB_PG_DSN``, else ``$AGENTLOCKS_TEST_POSTGRES_URL`` (so it
-runs inside ``scripts/test``'s environment), else peer_bench's default.
+runs inside ``scripts/test``'s environment), else peer_bench's default. The server needs
+``max_connections`` of 250 or more: peer_bench's raw-floor pools keep up to 80 connections
+each (``scripts/test`` starts its server with 300); with PostgreSQL's default of 100 the
+floor itself fails with ``TooManyConnectionsError``.
 
 Usage::
 
