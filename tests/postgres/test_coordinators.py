@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 import agentlocks
-from agentlocks import Busy, Lease, LeaseLost, QueueFull
+from agentlocks import AcquireTimeout, Busy, Lease, LeaseLost, QueueFull
 
 from .conftest import Connect, advisory_locks_of
 
@@ -16,8 +16,9 @@ pytestmark = pytest.mark.postgres
 
 
 async def _queued(coord: agentlocks.Coordinator, key: str, n: int, semaphore: bool = False) -> None:
-    while (await coord.inspect(key, semaphore=semaphore)).waiting != n:
-        await asyncio.sleep(0.005)
+    async with asyncio.timeout(10):
+        while (await coord.inspect(key, semaphore=semaphore)).waiting != n:
+            await asyncio.sleep(0.005)
 
 
 async def test_a_queued_writer_of_another_process_blocks_new_readers(connect: Connect) -> None:
@@ -55,6 +56,45 @@ async def test_max_waiting_counts_other_processes_waiters(connect: Connect) -> N
     assert info.waiting == 1 and len(info.holders) == 1 and info.holders[0].token == 0
     await holder.release()
     await (await asyncio.wait_for(waiter, 10)).release()
+
+
+async def test_max_waiting_counts_requests_queued_behind_another_processes_head(
+    connect: Connect, admin: asyncpg.Connection, app_name: str
+) -> None:
+    """40 waiters in B (1 in the server, 39 queued locally and published): C counts 40."""
+    a, b, c = connect(), connect(), connect()
+    holder = await a.acquire("deep")
+    waiters = [asyncio.create_task(_lease(b, "deep")) for _ in range(40)]
+    await _queued(c, "deep", 40)
+    with pytest.raises(QueueFull):
+        await c.acquire("deep", max_waiting=40)
+    with pytest.raises(AcquireTimeout):
+        await c.acquire("deep", max_waiting=41, timeout=0.2)
+    for waiter in waiters[20:]:
+        waiter.cancel()
+    await asyncio.gather(*waiters[20:], return_exceptions=True)
+    await _queued(c, "deep", 20)
+    await holder.release()
+    for waiter in waiters[:20]:
+        await (await asyncio.wait_for(waiter, 10)).release()
+    await _queued(c, "deep", 0)
+    async with asyncio.timeout(10):  # the published length is withdrawn with the queue
+        while await advisory_locks_of(admin, app_name):
+            await asyncio.sleep(0.01)
+
+
+async def test_semaphore_max_waiting_counts_every_processes_queue(connect: Connect) -> None:
+    """A semaphore's waiters queued in another process count toward max_waiting here."""
+    a, b, c = connect(), connect(), connect()
+    slot = await a.semaphore("gpu", capacity=1)
+    waiters = [asyncio.create_task(_slot(b, "gpu", 1)) for _ in range(4)]
+    await _queued(c, "gpu", 4, semaphore=True)
+    with pytest.raises(QueueFull):
+        await c.semaphore("gpu", capacity=1, max_waiting=4)
+    await slot.release()
+    for waiter in waiters:
+        await (await asyncio.wait_for(waiter, 10)).release()
+    await _queued(c, "gpu", 0, semaphore=True)
 
 
 async def test_semaphore_capacity_and_wake_up_across_processes(connect: Connect) -> None:

@@ -4,7 +4,9 @@ The server sees one row per (session, lock): it shows who waits and who holds ac
 every process, but not tokens, and several grants living on one shared session of this
 process collapse into one row. So holders and waiters of *this* process come from its own
 records (exact), and only other processes' come from ``pg_locks``: one holder per holding
-session (token 0 and age 0.0: unknown to us), one waiter per waiting session.
+session (token 0 and age 0.0: unknown to us), one waiter per waiting session, plus the
+requests each process queues behind its own waiter (the lengths they publish,
+``_pg_tickets.py``).
 """
 
 from __future__ import annotations
@@ -14,16 +16,25 @@ from typing import Any
 
 from ._base import HolderInfo
 from ._pg_queue import KeyState
-from ._pg_sql import Keys
+from ._pg_sql import TICKET_BITS, Keys
+
+
+def _ticket_bit(key: int, keys: Keys) -> int | None:
+    bit = key - keys.ticket_base
+    return bit if 0 <= bit < TICKET_BITS else None
 
 
 def foreign_waiting(rows: list[Any], own: frozenset[int], keys: Keys, semaphore: bool) -> int:
-    """Requests of other processes waiting in the server on these keys."""
+    """Requests of other processes waiting on these keys: in the server, or queued locally
+    behind their head (the length each process publishes, ``_pg_tickets.py``)."""
     count = 0
     for r in rows:
         if r["pid"] in own:
             continue
-        if not r["granted"] and r["key"] in (keys.gate, keys.hold):
+        bit = _ticket_bit(r["key"], keys)
+        if bit is not None:
+            count += (1 << bit) if r["granted"] else 0
+        elif not r["granted"] and r["key"] in (keys.gate, keys.hold):
             count += 1
         elif semaphore and r["key"] == keys.gate and r["mode"] == "ExclusiveLock":
             count += 1  # a queue head holding the gate, waiting for a slot
@@ -47,7 +58,8 @@ def snapshot(
     mine = sorted(state.holders, key=lambda g: g.token) if state is not None else []
     holders = [HolderInfo(token=g.token, shared=g.shared, age=now - g.acquired_at) for g in mine]
     for r in rows:
-        if r["pid"] not in own and r["granted"] and r["key"] != keys.gate:
+        foreign_grant = r["pid"] not in own and r["granted"] and r["key"] != keys.gate
+        if foreign_grant and _ticket_bit(r["key"], keys) is None:
             shared = semaphore or r["mode"] == "ShareLock"
             holders.append(HolderInfo(token=0, shared=shared, age=0.0))
     waiting = foreign_waiting(rows, own, keys, semaphore)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._base import Grant
@@ -75,19 +76,41 @@ class Request:
 class KeyState:
     """This process's view of one resource; dropped as soon as it is idle."""
 
-    __slots__ = ("active", "batch", "holders", "keys", "queue")
+    __slots__ = (
+        "active", "batch", "holders", "keys", "on_change", "published", "queue", "resource",
+        "ticket_session", "ticket_task",
+    )  # fmt: skip
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(
+        self, resource: str, keys: Keys, on_change: Callable[[KeyState], None] | None = None
+    ) -> None:
+        self.resource = resource
         self.keys = keys
         self.holders: dict[Grant, None] = {}  # grants of this process, in grant order
         self.queue: deque[Request] = deque()
         self.active: Request | None = None
         self.batch: list[Request] = []  # taken from the queue to be granted with ``active``
+        # The queue's length as published for other processes (``_pg_tickets.py``).
+        self.on_change = on_change  # called whenever the queue's length changed
+        self.published = 0
+        self.ticket_session: Session | None = None
+        self.ticket_task: asyncio.Task[None] | None = None
 
     @property
     def idle(self) -> bool:
-        """No holder, nobody deciding, nobody queued."""
-        return not self.holders and self.active is None and not self.queue and not self.batch
+        """No holder, nobody deciding, nobody queued, nothing published."""
+        return (
+            not self.holders
+            and self.active is None
+            and not self.queue
+            and not self.batch
+            and not self.published
+            and self.ticket_task is None
+        )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     def compatible(self, shared: bool, capacity: int | None) -> bool:
         """Could this process's own holders coexist with such a request?
@@ -132,6 +155,8 @@ class KeyState:
             follower = queue.popleft()
             if follower.turn is not None and not follower.turn.done():
                 self.batch.append(follower)
+        if self.batch:
+            self._changed()
         return list(self.batch)
 
     def hand_out(self, grants: list[Grant]) -> list[Grant]:
@@ -149,15 +174,20 @@ class KeyState:
             else:
                 unwanted.append(grant)
         unwanted.extend(grants[len(batch) :])
+        requeued = False
         for follower in reversed(batch[len(grants) :]):
             if follower.turn is not None and not follower.turn.done():
                 self.queue.appendleft(follower)  # not granted: back to the front, in order
+                requeued = True
+        if requeued:
+            self._changed()
         return unwanted
 
     async def enqueue(self, request: Request) -> None:
         """Wait until ``request`` is the active one (FIFO among this process's requests)."""
         turn = request.turn = asyncio.get_running_loop().create_future()
         self.queue.append(request)
+        self._changed()
         try:
             await turn
         except BaseException:
@@ -166,14 +196,19 @@ class KeyState:
                     self.advance(request)  # the turn came with the cancellation: pass it on
             elif request in self.queue:
                 self.queue.remove(request)
+                self._changed()
             raise
 
     def advance(self, request: Request) -> None:
         """``request`` is done deciding: make the next queued request active."""
         if self.active is request:
             self.active = None
+        changed = False
         while self.active is None and self.queue:
             following = self.queue.popleft()
+            changed = True
             if following.turn is not None and not following.turn.done():
                 self.active = following
                 following.turn.set_result(None)
+        if changed:
+            self._changed()

@@ -20,6 +20,7 @@ lent spare waits for is held by a request in line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from contextvars import ContextVar
 
@@ -87,7 +88,8 @@ class SpareBudget:
             if turn.done() and not turn.cancelled():
                 self.give()  # passed to us as we were cancelled: pass it on
             else:
-                self._line.remove(turn)
+                with contextlib.suppress(ValueError):  # give() may have skipped it already
+                    self._line.remove(turn)
             raise
 
     def give(self) -> None:

@@ -24,6 +24,8 @@ _SIGNED: Final = 1 << 63
 #: Semaphore slot keys are ``base + i``; ``base`` is kept this far below the top of the key
 #: space so that the addition never overflows a bigint.
 MAX_SLOTS: Final = 1 << 31
+#: A local queue's length is published in this many bits (``_pg_tickets.py``).
+TICKET_BITS: Final = 32
 
 
 def _hash64(*parts: bytes) -> int:
@@ -41,6 +43,8 @@ class Keys:
     gate: int
     hold: int
     slot_base: int
+    ticket_base: int
+    """Bit ``b`` of a process's local queue length: key ``ticket_base + b`` (``_pg_tickets``)."""
     channel: str
     """LISTEN/NOTIFY channel on which semaphore releases wake the waiting head."""
 
@@ -56,8 +60,15 @@ def keys_for(namespace: str, resource: str) -> Keys:
     base = _hash64(ns, res, b"slots")
     if base >= _SIGNED - MAX_SLOTS:
         base -= MAX_SLOTS
+    tickets = _hash64(ns, res, b"tickets")
+    if tickets >= _SIGNED - TICKET_BITS:
+        tickets -= TICKET_BITS
     return Keys(
-        gate=h | 1, hold=h & ~1, slot_base=base, channel=f"agentlocks_{h & 0xFFFFFFFFFFFFFFFF:016x}"
+        gate=h | 1,
+        hold=h & ~1,
+        slot_base=base,
+        ticket_base=tickets,
+        channel=f"agentlocks_{h & 0xFFFFFFFFFFFFFFFF:016x}",
     )
 
 
@@ -185,13 +196,23 @@ class Sql:
             " AND locktype = 'advisory' AND objsubid = 1"
             " AND ((classid::bigint << 32) | objid::bigint) = $1)"
         )
-        # Every advisory lock row on the given keys, or on the slot range [$2, $3].
+        # Every advisory lock row on the given keys, on the slot range [$2, $3] or on the
+        # ticket range [$4, $5].
         self.locks = (
-            "SELECT ((classid::bigint << 32) | objid::bigint) AS key, pid, granted, mode"
+            "SELECT key, pid, granted, mode FROM (SELECT"
+            " ((classid::bigint << 32) | objid::bigint) AS key, pid, granted, mode"
             " FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " AND (((classid::bigint << 32) | objid::bigint) = ANY($1::bigint[])"
-            " OR ((classid::bigint << 32) | objid::bigint) BETWEEN $2 AND $3)"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+            " AS l WHERE key = ANY($1::bigint[]) OR key BETWEEN $2 AND $3"
+            " OR key BETWEEN $4 AND $5"
+        )
+        # A local queue's published length ($1 ticket base): take bits $2, drop bits $3.
+        # Never waits: a bit nobody else holds exclusively is always free in shared mode.
+        self.publish_bits = (
+            "WITH d AS MATERIALIZED (SELECT count(pg_advisory_unlock_shared($1::bigint + b))"
+            " AS n FROM unnest($3::int[]) AS b)"
+            " SELECT count(pg_try_advisory_lock_shared($1::bigint + b)) FROM d,"
+            " unnest($2::int[]) AS b"
         )
         self.read_generation = (
             f"SELECT generation FROM {self.table} WHERE namespace = $1 AND name = $2"

@@ -23,7 +23,11 @@ only its head talks to the server, and the requests behind it that can share its
 (adjacent shared requests, or semaphore requests up to the free capacity) are granted in
 the same statement. So a process's requests are granted in exactly the order it made
 them, and across processes requests are ordered by when they reach the server (each
-process has at most one request per key in the server queue).
+process has at most one request per key in the server queue). That is the price of the
+connection budget: a request queued behind its process's head enters the server queue
+only when the head is granted, so a later request of another process can be served
+before it (API.md's FIFO across processes holds per head, not per request; one spare
+per waiting request would make it exact at one connection per waiter).
 
 Connection budget, per process: ``pool_size`` shared sessions (default 8), on which any
 number of fast-path grants live; plus one spare per key the process is waiting on at that
@@ -59,9 +63,12 @@ Semaphores. The slots of a semaphore are advisory keys ``slot_base + i``. The fa
 passes the gate shared and takes free slots. The head of the queue holds the gate
 exclusively (nobody takes a slot past it), listens on the semaphore's channel, and
 retries whenever a release sends ``NOTIFY`` (pushed). A slot freed by a crashed holder
-sends no notification: the head notices it within ``liveness_interval``. ``max_waiting``
-and ``inspect`` count other processes' requests from ``pg_locks`` (their queued heads,
-and their heads holding a semaphore's gate) and this process's from its own queue.
+sends no notification: the head notices it within ``liveness_interval``.
+
+Counting waiters cluster-wide (``max_waiting``, ``inspect``). This process's come from its
+own queue. Other processes' heads show in ``pg_locks`` (queued, or holding a semaphore's
+gate); the requests queued behind them do not, so every process publishes each local
+queue's length as a few shared advisory locks, one per set bit (``_pg_tickets.py``).
 
 Cancellation (``_pg_grants.py``). Statements that can grant run in a task of their own,
 so a cancelled caller never leaves a grant nobody knows about: the statement finishes and
@@ -104,7 +111,8 @@ from ._pg_options import OPTION_NAMES, parse_options
 from ._pg_queue import Hold, KeyState, Request
 from ._pg_session import Session, Sessions, driver_dsn
 from ._pg_spares import holdings
-from ._pg_sql import MAX_SLOTS, Keys, Sql, keys_for
+from ._pg_sql import MAX_SLOTS, TICKET_BITS, Keys, Sql, keys_for
+from ._pg_tickets import WaitCounts
 
 __all__ = ["PostgresBackend"]
 
@@ -153,6 +161,8 @@ class PostgresBackend:
         self._grants = Grants(
             self._sessions, self._sql, self._liveness, self._states, options.liveness_interval
         )
+        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle)
+        self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
 
     def __repr__(self) -> str:
         return (
@@ -232,7 +242,8 @@ class PostgresBackend:
     def _state(self, resource: str) -> KeyState:
         state = self._states.get(resource)
         if state is None:
-            state = self._states[resource] = KeyState(keys_for(self._namespace, resource))
+            keys = keys_for(self._namespace, resource)
+            state = self._states[resource] = KeyState(resource, keys, self._queue_changed)
         return state
 
     async def _attempt(
@@ -298,9 +309,11 @@ class PostgresBackend:
 
     async def _rows(self, keys: Keys, semaphore: bool) -> list[Any]:
         low, high = (keys.slot_base, keys.slot_base + MAX_SLOTS - 1) if semaphore else (1, 0)
+        tickets = (keys.ticket_base, keys.ticket_base + TICKET_BITS - 1)
         session = await self._sessions.shared()
         try:
-            return list(await session.fetch(self._sql.locks, [keys.gate, keys.hold], low, high))
+            rows = await session.fetch(self._sql.locks, [keys.gate, keys.hold], low, high, *tickets)
+            return list(rows)
         except DRIVER_ERRORS as exc:
             raise self._error(exc) from exc
 
@@ -353,6 +366,7 @@ class PostgresBackend:
         return int(row[0])
 
     async def aclose(self) -> None:
+        await self._counts.aclose()
         await self._grants.aclose()
         await self._liveness.aclose()
         await self._sessions.aclose()
