@@ -21,7 +21,7 @@ import pytest
 import agentlocks
 from agentlocks import BackendError, ConfigError
 from agentlocks._url import COMMON_OPTIONS
-from agentlocks.backends._pg_session import Session, driver_dsn
+from agentlocks.backends._pg_connection import Session, driver_dsn
 from agentlocks.backends.postgres import PostgresBackend
 
 pytestmark = pytest.mark.postgres

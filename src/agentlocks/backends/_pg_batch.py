@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
-    from ._pg_session import Session
+    from ._pg_connection import Session
     from ._pg_sql import Sql
 
 #: At most this many operations per statement (bounded statement size and latency).

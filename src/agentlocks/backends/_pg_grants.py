@@ -25,9 +25,10 @@ import asyncpg
 from agentlocks.errors import BackendError
 
 from ._base import Grant, describe
+from ._pg_connection import PgBouncerDetected, Session, drain, finish
 from ._pg_liveness import Liveness
 from ._pg_queue import Hold, KeyState, Kind, Request
-from ._pg_session import PgBouncerDetected, Session, Sessions, drain, finish
+from ._pg_session import Sessions
 from ._pg_spares import holds_any
 from ._pg_sql import Sql
 

@@ -20,7 +20,8 @@ import asyncpg
 
 from agentlocks.errors import BackendError
 
-from ._pg_session import Session, Sessions
+from ._pg_connection import Session
+from ._pg_session import Sessions
 
 logger = logging.getLogger("agentlocks")
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ._base import Grant
 
 if TYPE_CHECKING:
-    from ._pg_session import Session
+    from ._pg_connection import Session
     from ._pg_sql import Keys
 
 

@@ -104,12 +104,13 @@ from agentlocks._url import COMMON_OPTIONS, Settings
 from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
 
 from ._base import Grant, HolderInfo, LostCallback, describe
+from ._pg_connection import Session, driver_dsn
 from ._pg_grants import DRIVER_ERRORS, Grants
 from ._pg_liveness import Liveness
 from ._pg_observe import foreign_waiting, head_granted, snapshot
 from ._pg_options import OPTION_NAMES, parse_options
 from ._pg_queue import Hold, KeyState, Request
-from ._pg_session import Session, Sessions, driver_dsn
+from ._pg_session import Sessions
 from ._pg_spares import holdings
 from ._pg_sql import MAX_SLOTS, TICKET_BITS, Keys, Sql, keys_for
 from ._pg_tickets import WaitCounts
