@@ -8,11 +8,13 @@ so any number of processes can hold the same bit; pg_locks has one row per sessi
 key). Reading the count is a sum of ``2**b`` over other sessions' rows; publishing costs at
 most 32 lock-table entries per key per process, whatever the queue length.
 
-Updates run in the background, one at a time per key, always on the same shared session
-(the one that took the bits is the one that can drop them), and never wait in the server
-(``pg_try_advisory_lock_shared``). While the queue changes faster than a round trip the
-published length lags by one statement; readers may then count a request that has just
-left, or miss one that has just arrived, the same as any read of a moving queue.
+Updates run in the background, one at a time per key, ``PUBLISH_DELAY`` (10 ms) after a
+change so that the changes of a burst (every hand-off changes the length twice) coalesce
+into one statement, always on the same shared session (the one that took the bits is the
+one that can drop them), and never wait in the server (``pg_try_advisory_lock_shared``).
+So the published length lags the queue by about 10 ms plus a round trip; readers may
+count a request that has just left, or miss one that has just arrived, the same as any
+read of a moving queue.
 
 Invariant: a key's state is never forgotten while it has bits published or an update in
 flight (``KeyState.idle``), so no ticket lock outlives the queue it counts. If an update
@@ -33,6 +35,9 @@ from ._pg_session import Sessions
 from ._pg_sql import TICKET_BITS, Sql
 
 logger = logging.getLogger("agentlocks")
+
+#: Seconds between a queue change and its publication (changes meanwhile coalesce).
+PUBLISH_DELAY = 0.01
 
 
 def bits(n: int) -> list[int]:
@@ -65,7 +70,13 @@ class WaitCounts:
     async def _publish(self, resource: str, state: KeyState) -> None:
         session = None
         try:
-            while (want := min(len(state.queue), (1 << TICKET_BITS) - 1)) != state.published:
+            while True:
+                # Let a burst of queue changes settle into one statement: a hand-off changes
+                # the length twice per grant, far more often than anyone needs to read it.
+                await asyncio.sleep(PUBLISH_DELAY)
+                want = min(len(state.queue), (1 << TICKET_BITS) - 1)
+                if want == state.published:
+                    break
                 session = state.ticket_session
                 if session is None or session.dead:
                     state.published = 0  # a dead session's bits went with it
