@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -81,3 +82,18 @@ async def advisory_locks_of(admin: asyncpg.Connection, app_name: str) -> int:
         app_name,
     )
     return count
+
+
+async def no_advisory_locks_soon(
+    admin: asyncpg.Connection, app_name: str, within: float = 5.0
+) -> None:
+    """Wait until sessions carrying ``app_name`` hold no advisory lock; fail after ``within``.
+
+    Locks and waits are gone as soon as their calls return; the local queue lengths a
+    coordinator publishes for other processes (``_pg_tickets.py``) are withdrawn in the
+    background about 10 ms after the queue empties, hence the short wait.
+    """
+    deadline = asyncio.get_running_loop().time() + within
+    while (left := await advisory_locks_of(admin, app_name)) != 0:
+        assert asyncio.get_running_loop().time() < deadline, f"{left} advisory lock(s) remain"
+        await asyncio.sleep(0.01)

@@ -10,7 +10,7 @@ import pytest
 import agentlocks
 from agentlocks import AcquireTimeout, Busy, Lease, LeaseLost, QueueFull
 
-from .conftest import Connect, advisory_locks_of
+from .conftest import Connect, no_advisory_locks_soon
 
 pytestmark = pytest.mark.postgres
 
@@ -78,9 +78,7 @@ async def test_max_waiting_counts_requests_queued_behind_another_processes_head(
     for waiter in waiters[:20]:
         await (await asyncio.wait_for(waiter, 10)).release()
     await _queued(c, "deep", 0)
-    async with asyncio.timeout(10):  # the published length is withdrawn with the queue
-        while await advisory_locks_of(admin, app_name):
-            await asyncio.sleep(0.01)
+    await no_advisory_locks_soon(admin, app_name)  # the published length goes with the queue
 
 
 async def test_semaphore_max_waiting_counts_every_processes_queue(connect: Connect) -> None:
@@ -164,13 +162,13 @@ async def test_timed_out_waits_leave_no_lock_in_the_server(
     for shared in (False, True, False):
         with pytest.raises(agentlocks.AcquireTimeout):
             await coord.acquire("slow", shared=shared, timeout=0.2)
-        assert await advisory_locks_of(admin, app_name) == 0
+        await no_advisory_locks_soon(admin, app_name)
     async with holder_coord.semaphore("sem-slow", capacity=1):
         with pytest.raises(agentlocks.AcquireTimeout):
             await coord.semaphore("sem-slow", capacity=1, timeout=0.2)
-        assert await advisory_locks_of(admin, app_name) == 0
+        await no_advisory_locks_soon(admin, app_name)
     await holder.release()
-    assert await advisory_locks_of(admin, app_name) == 0
+    await no_advisory_locks_soon(admin, app_name)
 
 
 async def test_max_waiting_check_does_not_strand_a_request(connect: Connect) -> None:

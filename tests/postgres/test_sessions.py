@@ -11,7 +11,7 @@ import pytest
 import agentlocks
 from agentlocks import AcquireTimeout, Lease, LeaseLost
 
-from .conftest import Connect, advisory_locks_of, connections_of
+from .conftest import Connect, advisory_locks_of, connections_of, no_advisory_locks_soon
 
 pytestmark = pytest.mark.postgres
 
@@ -72,7 +72,7 @@ async def test_cancellation_storm_of_200_waiters_leaves_nothing(
     assert tokens == sorted(tokens) and len(tokens) >= patient > 0
     info = await coord.inspect("storm")
     assert info.holders == () and info.waiting == 0
-    assert await advisory_locks_of(admin, app_name) == 0
+    await no_advisory_locks_soon(admin, app_name)
     # Budget: the shared sessions plus at most max_idle spares stay open, nothing more.
     assert await connections_of(admin, app_name) <= 2 + 1
     await coord.aclose()
@@ -101,7 +101,7 @@ async def test_a_thousand_locks_held_at_once_stay_within_the_budget(
     assert 1 <= connections <= 4
     for lease in leases:
         await lease.release()
-    assert await advisory_locks_of(admin, app_name) == 0
+    await no_advisory_locks_soon(admin, app_name)
 
 
 async def test_200_waiters_on_one_key_use_one_waiting_session(
@@ -177,7 +177,7 @@ async def test_many_tasks_over_many_keys_keep_exclusion_when_statements_coalesce
 
     await asyncio.wait_for(asyncio.gather(*(work() for _ in range(64))), 50)
     assert sum(counts.values()) == 64 * 25
-    assert await advisory_locks_of(admin, app_name) == 0
+    await no_advisory_locks_soon(admin, app_name)
 
 
 async def test_cancellations_at_random_moments_leave_no_lock_behind(
@@ -203,4 +203,4 @@ async def test_cancellations_at_random_moments_leave_no_lock_behind(
     for key in range(8):
         info = await coord.inspect(f"c{key}")
         assert info.holders == () and info.waiting == 0, info
-    assert await advisory_locks_of(admin, app_name) == 0
+    await no_advisory_locks_soon(admin, app_name)

@@ -20,7 +20,7 @@ import agentlocks
 from agentlocks import AcquireTimeout, BackendError, Coordinator, Lease
 from agentlocks.backends.postgres import PostgresBackend
 
-from .conftest import Connect, advisory_locks_of, connections_of
+from .conftest import Connect, connections_of, no_advisory_locks_soon
 
 pytestmark = pytest.mark.postgres
 
@@ -232,7 +232,4 @@ async def test_random_timeouts_over_a_small_budget_leak_nothing(
     assert backend._sessions.spares_lent == 0
     assert backend._sessions._budget.taken == 0
     assert backend._sessions.spare_line == 0
-    # No lock is left; the published queue lengths are withdrawn in the background, soon.
-    async with asyncio.timeout(5):
-        while await advisory_locks_of(admin, app_name):
-            await asyncio.sleep(0.01)
+    await no_advisory_locks_soon(admin, app_name)
