@@ -81,6 +81,43 @@ async def test_max_waiting_counts_requests_queued_behind_another_processes_head(
     await no_advisory_locks_soon(admin, app_name)  # the published length goes with the queue
 
 
+async def test_queue_lengths_of_many_keys_are_published_together(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 keys with 3 waiters each in B: C counts 3 on every key; B sent few statements."""
+    a, b, c = connect(), connect(pool_size=2), connect()
+    keys = [f"user:{i}" for i in range(50)]
+    holders = await asyncio.create_task(_all(a, keys))
+    counts = b._backend._counts  # type: ignore[attr-defined]  # white-box: statements sent
+    sends = 0
+    send = counts._send
+
+    async def counting(*args: object) -> bool:
+        nonlocal sends
+        sends += 1
+        return bool(await send(*args))
+
+    monkeypatch.setattr(counts, "_send", counting)
+    waiters = [asyncio.create_task(_take_and_release(b, key)) for key in keys for _ in range(3)]
+    for key in keys:
+        await _queued(c, key, 3)
+    assert sends < len(keys)  # one statement per session per tick, not one per key
+    for lease in holders:
+        await lease.release()
+    await asyncio.wait_for(asyncio.gather(*waiters), 20)
+    for key in keys:
+        await _queued(c, key, 0)
+
+
+async def _take_and_release(coord: agentlocks.Coordinator, key: str) -> None:
+    async with coord.acquire(key):
+        pass
+
+
+async def _all(coord: agentlocks.Coordinator, keys: list[str]) -> list[Lease]:
+    return [await coord.acquire(key) for key in keys]
+
+
 async def test_semaphore_max_waiting_counts_every_processes_queue(connect: Connect) -> None:
     """A semaphore's waiters queued in another process count toward max_waiting here."""
     a, b, c = connect(), connect(), connect()

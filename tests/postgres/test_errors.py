@@ -92,6 +92,7 @@ async def test_a_server_that_never_answers_fails_within_the_connect_timeout() ->
         {"pool_size": 1.5},
         {"max_idle": "many"},
         {"max_spares": 0},
+        {"spare_patience": "never"},
         {"schema": ""},
     ],
 )

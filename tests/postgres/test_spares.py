@@ -63,7 +63,7 @@ async def test_waits_past_max_spares_queue_fifo_and_respect_their_timeout(
     connect: Connect, admin: asyncpg.Connection, app_name: str
 ) -> None:
     """max_spares=1: a second contended key waits for the spare, FIFO, within its timeout."""
-    other, coord = connect(), connect(max_spares=1, pool_size=1)
+    other, coord = connect(), connect(max_spares=1, pool_size=1, spare_patience=60)
     held = await _held_elsewhere(other, "k1", "k2", "k3")
     backend = _backend(coord)
     events: list[str] = []
@@ -126,6 +126,31 @@ async def test_a_task_holding_a_grant_may_exceed_max_spares(connect: Connect) ->
     assert backend._sessions.spares_lent == 0
 
 
+async def test_leases_held_across_tasks_cannot_deadlock_on_the_budget(connect: Connect) -> None:
+    """Leases taken by gather() children and held by the parent pin every spare; the
+    parent's next wait cannot see them, so it goes over the budget after spare_patience."""
+    other, coord = connect(), connect(max_spares=2, spare_patience=0.2)
+    held = await _held_elsewhere(other, "a", "b", "c")
+    backend = _backend(coord)
+    mine = asyncio.gather(coord.acquire("a", timeout=10), coord.acquire("b", timeout=10))
+    await _queued_in_server(other, "a", 1)
+    await _queued_in_server(other, "b", 1)
+    for lease in held[:2]:
+        await lease.release()
+    leases = await asyncio.wait_for(mine, 10)  # both pinned on the two spares, held here
+    assert backend._sessions.spares_lent == 2
+    waited = asyncio.get_running_loop().time()
+    third = asyncio.create_task(_token_of(coord, "c"))
+    await _until(lambda: backend._sessions.spare_line == 1)  # in line for the budget ...
+    await _until(lambda: backend._sessions.spares_lent == 3)  # ... then over it
+    waited = asyncio.get_running_loop().time() - waited
+    assert waited >= 0.15
+    await held[2].release()
+    assert await asyncio.wait_for(third, 10) > max(lease.token for lease in leases)
+    for lease in leases:
+        await lease.release()
+
+
 async def _token_of(coord: Coordinator, key: str) -> int:
     async with coord.acquire(key, timeout=10) as lease:
         return lease.token
@@ -152,7 +177,9 @@ async def test_a_full_server_makes_waits_queue_for_a_spare_to_come_back(
     """Connection limit reached: a wait queues for one of ours; none lent -> BackendError."""
     other = connect()
     held = await _held_elsewhere(other, "k1", "k2", "k3", "k4")
-    coord = agentlocks.connect(limited_url, namespace=other.namespace, pool_size=1)
+    coord = agentlocks.connect(
+        limited_url, namespace=other.namespace, pool_size=1, spare_patience=60
+    )
     backend = _backend(coord)
     events: list[str] = []
     go = {key: asyncio.Event() for key in ("k1", "k2", "k3")}

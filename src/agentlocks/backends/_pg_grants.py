@@ -201,6 +201,7 @@ class Grants:
         keys = state.keys
         session = await self._sessions.spare(exempt=holds_any())
         request.session = session
+        state.changed()  # the server shows this request from now on
         sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
         task = session.submit(sql, keys.gate, keys.hold)
         try:
@@ -231,6 +232,7 @@ class Grants:
         assert request.capacity is not None
         gatekeeper = await self._sessions.spare(exempt=holds_any())
         request.session = gatekeeper
+        state.changed()  # the server shows this request from now on
         task = gatekeeper.submit(self._sql.wait_gate, keys.gate)
         try:
             row = await asyncio.shield(task)

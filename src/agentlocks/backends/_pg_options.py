@@ -17,6 +17,7 @@ OPTION_NAMES: Final = frozenset(
         "pool_size",
         "max_idle",
         "max_spares",
+        "spare_patience",
         "schema",
         "application_name",
     }
@@ -37,6 +38,8 @@ class PgOptions:
         max_spares: Spare sessions lent at once (one per key waited on in the server, kept
             by the grant it wins); further waits queue FIFO for one to come back. A task
             that already holds a grant may exceed it (see ``_pg_spares.py``).
+        spare_patience: Seconds a wait queues for a spare before it takes one beyond
+            ``max_spares`` (a soft bound: leases held across tasks cannot deadlock on it).
         schema: Schema of the token sequence and the generation table (None: the first
             schema of ``search_path``).
         application_name: Shown in ``pg_stat_activity`` for this backend's connections.
@@ -47,6 +50,7 @@ class PgOptions:
     pool_size: int = 8
     max_idle: int = 4
     max_spares: int = 32
+    spare_patience: float = 1.0
     schema: str | None = None
     application_name: str = "agentlocks"
 
@@ -82,6 +86,7 @@ def parse_options(options: Mapping[str, object]) -> PgOptions:
         pool_size=int(_positive(options, "pool_size", _DEFAULTS.pool_size, True)),
         max_idle=int(_positive(options, "max_idle", _DEFAULTS.max_idle, True)),
         max_spares=int(_positive(options, "max_spares", _DEFAULTS.max_spares, True)),
+        spare_patience=_positive(options, "spare_patience", _DEFAULTS.spare_patience, False),
         schema=schema,
         application_name=app,
     )

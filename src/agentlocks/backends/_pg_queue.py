@@ -78,7 +78,7 @@ class KeyState:
 
     __slots__ = (
         "active", "batch", "holders", "keys", "on_change", "published", "queue", "resource",
-        "ticket_session", "ticket_task",
+        "ticket_pending", "ticket_session",
     )  # fmt: skip
 
     def __init__(
@@ -94,7 +94,7 @@ class KeyState:
         self.on_change = on_change  # called whenever the queue's length changed
         self.published = 0
         self.ticket_session: Session | None = None
-        self.ticket_task: asyncio.Task[None] | None = None
+        self.ticket_pending = False  # a change waits for the next publication
 
     @property
     def idle(self) -> bool:
@@ -105,12 +105,8 @@ class KeyState:
             and not self.queue
             and not self.batch
             and not self.published
-            and self.ticket_task is None
+            and not self.ticket_pending
         )
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
 
     def compatible(self, shared: bool, capacity: int | None) -> bool:
         """Could this process's own holders coexist with such a request?
@@ -139,6 +135,21 @@ class KeyState:
         waiting = len(self.queue) + len(self.batch)
         return waiting + (1 if active is not None and active.waiting else 0)
 
+    def hidden_waiting(self) -> int:
+        """This process's waiting requests that ``pg_locks`` does not show.
+
+        The local queue, plus the head while it decided to wait but has no spare session
+        yet (the spare budget is spent): what ``_pg_tickets.py`` publishes.
+        """
+        active = self.active
+        head = active is not None and active.waiting and active.session is None
+        return len(self.queue) + head
+
+    def changed(self) -> None:
+        """Something ``hidden_waiting`` counts may have changed: tell the publisher."""
+        if self.on_change is not None:
+            self.on_change(self)
+
     def take_batch(self, request: Request) -> list[Request]:
         """Take the queued requests that can be granted together with ``request``.
 
@@ -156,7 +167,7 @@ class KeyState:
             if follower.turn is not None and not follower.turn.done():
                 self.batch.append(follower)
         if self.batch:
-            self._changed()
+            self.changed()
         return list(self.batch)
 
     def hand_out(self, grants: list[Grant]) -> list[Grant]:
@@ -180,14 +191,14 @@ class KeyState:
                 self.queue.appendleft(follower)  # not granted: back to the front, in order
                 requeued = True
         if requeued:
-            self._changed()
+            self.changed()
         return unwanted
 
     async def enqueue(self, request: Request) -> None:
         """Wait until ``request`` is the active one (FIFO among this process's requests)."""
         turn = request.turn = asyncio.get_running_loop().create_future()
         self.queue.append(request)
-        self._changed()
+        self.changed()
         try:
             await turn
         except BaseException:
@@ -196,7 +207,7 @@ class KeyState:
                     self.advance(request)  # the turn came with the cancellation: pass it on
             elif request in self.queue:
                 self.queue.remove(request)
-                self._changed()
+                self.changed()
             raise
 
     def advance(self, request: Request) -> None:
@@ -211,4 +222,4 @@ class KeyState:
                 self.active = following
                 following.turn.set_result(None)
         if changed:
-            self._changed()
+            self.changed()

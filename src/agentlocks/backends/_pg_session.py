@@ -55,6 +55,7 @@ class Sessions:
         pool_size: int,
         max_idle: int,
         max_spares: int,
+        spare_patience: float,
         connect_timeout: float,
         application_name: str,
         on_dead: Callable[[Session], None],
@@ -74,7 +75,7 @@ class Sessions:
         self._shared_changed = asyncio.Event()
         self._idle: deque[Session] = deque()
         self._lent: set[Session] = set()  # spares out for a wait or holding its grant
-        self._budget = SpareBudget(max_spares)
+        self._budget = SpareBudget(max_spares, spare_patience)
         self._all: dict[int, Session] = {}  # pid -> session, every open session
         self._listener: Any = None
         self._listener_lock = asyncio.Lock()

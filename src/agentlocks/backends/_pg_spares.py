@@ -9,12 +9,17 @@ limit), the request waits in the same way for one of this backend's spares to co
 the front of the line; with none lent, nothing would come back, so it fails with
 ``BackendError``.
 
-Deadlock. A bound alone could deadlock: a task that holds a lock asks for another key and
+Deadlock. A hard bound could deadlock: a task that holds a lock asks for another key and
 waits for a spare, while the spares are all taken by requests waiting for the lock that task
-holds. So a request from a task that holds any grant of this process (or a child task of one:
-the record lives in a context variable, which child tasks inherit) never waits for the
-budget and may exceed it. Invariant: a request waiting in line holds nothing, so nothing a
-lent spare waits for is held by a request in line.
+holds (or pinned by grants it holds). Two rules keep every wait finite:
+
+* a request from a task that holds any grant of this process (or a child task of one: the
+  record lives in a context variable, which child tasks inherit) never waits for the budget
+  and may exceed it;
+* a lease can also be taken in one task and held by another (``asyncio.gather`` children
+  hand their leases to the parent), which no context variable sees; so ``max_spares`` is
+  a soft bound: a request that has waited ``spare_patience`` seconds in line (default 1)
+  takes a spare beyond it. The bound shapes bursts; it never blocks progress.
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ def holds_any() -> bool:
 class SpareBudget:
     """At most ``limit`` spares lent at once; the others wait in FIFO order."""
 
-    __slots__ = ("_line", "limit", "taken")
+    __slots__ = ("_line", "limit", "patience", "taken")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, patience: float) -> None:
         self.limit = limit
+        self.patience = patience  # seconds in line before going over the budget
         self.taken = 0  # reservations: spares lent, being opened, or passed to a waiter
         self._line: deque[asyncio.Future[None]] = deque()
 
@@ -77,13 +83,15 @@ class SpareBudget:
         await self._wait(front=True)
 
     async def _wait(self, front: bool) -> None:
-        turn = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
         if front:
             self._line.appendleft(turn)
         else:
             self._line.append(turn)
+        timer = loop.call_later(self.patience, self._over_budget, turn)
         try:
-            await turn  # resolved by give(): the reservation passed to us, counted already
+            await turn  # resolved by give() or by patience: a reservation, counted already
         except BaseException:
             if turn.done() and not turn.cancelled():
                 self.give()  # passed to us as we were cancelled: pass it on
@@ -91,6 +99,17 @@ class SpareBudget:
                 with contextlib.suppress(ValueError):  # give() may have skipped it already
                     self._line.remove(turn)
             raise
+        finally:
+            timer.cancel()
+
+    def _over_budget(self, turn: asyncio.Future[None]) -> None:
+        """Patience ran out in line: take a reservation beyond the budget."""
+        if turn.done():
+            return
+        with contextlib.suppress(ValueError):
+            self._line.remove(turn)
+        self.taken += 1
+        turn.set_result(None)
 
     def give(self) -> None:
         """A reservation ends (its spare came back, was closed, or was never obtained).

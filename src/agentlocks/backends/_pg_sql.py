@@ -206,13 +206,12 @@ class Sql:
             " AS l WHERE key = ANY($1::bigint[]) OR key BETWEEN $2 AND $3"
             " OR key BETWEEN $4 AND $5"
         )
-        # A local queue's published length ($1 ticket base): take bits $2, drop bits $3.
-        # Never waits: a bit nobody else holds exclusively is always free in shared mode.
+        # Published local-queue lengths (``_pg_tickets.py``): take the bit keys $1, drop the
+        # bit keys $2. Never waits: nobody holds a bit key exclusively.
         self.publish_bits = (
-            "WITH d AS MATERIALIZED (SELECT count(pg_advisory_unlock_shared($1::bigint + b))"
-            " AS n FROM unnest($3::int[]) AS b)"
-            " SELECT count(pg_try_advisory_lock_shared($1::bigint + b)) FROM d,"
-            " unnest($2::int[]) AS b"
+            "WITH d AS MATERIALIZED (SELECT count(pg_advisory_unlock_shared(k)) AS n"
+            " FROM unnest($2::bigint[]) AS k)"
+            " SELECT count(pg_try_advisory_lock_shared(k)) FROM d, unnest($1::bigint[]) AS k"
         )
         self.read_generation = (
             f"SELECT generation FROM {self.table} WHERE namespace = $1 AND name = $2"

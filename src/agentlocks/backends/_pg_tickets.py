@@ -8,20 +8,21 @@ so any number of processes can hold the same bit; pg_locks has one row per sessi
 key). Reading the count is a sum of ``2**b`` over other sessions' rows; publishing costs at
 most 32 lock-table entries per key per process, whatever the queue length.
 
-Updates run in the background, one at a time per key, ``PUBLISH_DELAY`` (10 ms) after a
-change so that the changes of a burst (every hand-off changes the length twice) coalesce
-into one statement, always on the same shared session (the one that took the bits is the
-one that can drop them), and never wait in the server (``pg_try_advisory_lock_shared``).
-So the published length lags the queue by about 10 ms plus a round trip; readers may
-count a request that has just left, or miss one that has just arrived, the same as any
-read of a moving queue.
+Updates run in the background: one flusher per backend wakes ``PUBLISH_DELAY`` (10 ms)
+after a change and brings every changed key up to date in one statement per session, so a
+burst of changes (every hand-off changes a length twice) over any number of keys costs a
+few statements per tick, not two per hand-off. A key's bits always live on the same shared
+session (the one that took them is the one that can drop them), and publishing never waits
+in the server (``pg_try_advisory_lock_shared``). So the published length lags the queue by
+about 10 ms plus a round trip; readers may count a request that has just left, or miss one
+that has just arrived, the same as any read of a moving queue.
 
-Invariant: a key's state is never forgotten while it has bits published or an update in
-flight (``KeyState.idle``), so no ticket lock outlives the queue it counts. If an update
-fails without losing its connection (which would drop the bits with it), the bits it held
-are unknown: it gives up publishing on that session and logs it; stale bits then make
-other processes count too many waiters (refusing early, never admitting too many) until
-that session closes.
+Invariant: a key's state is never forgotten while it has bits published or an update
+pending (``KeyState.idle``), so no ticket lock outlives the queue it counts. If an update
+fails without losing its connection (which would drop the bits with it), the bits are
+unknown: the keys it covered stop publishing on that session and it is logged; stale bits
+then make other processes count too many waiters (refusing early, never admitting too
+many) until that session closes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from ._pg_connection import Session
 from ._pg_queue import KeyState
 from ._pg_session import Sessions
 from ._pg_sql import TICKET_BITS, Sql
@@ -40,9 +42,13 @@ logger = logging.getLogger("agentlocks")
 PUBLISH_DELAY = 0.01
 
 
-def bits(n: int) -> list[int]:
-    """The bit positions set in ``n``."""
-    return [b for b in range(TICKET_BITS) if n >> b & 1]
+def bit_keys(base: int, n: int) -> list[int]:
+    """The advisory keys that stand for the bits set in ``n``."""
+    return [base + b for b in range(TICKET_BITS) if n >> b & 1]
+
+
+def _length(state: KeyState) -> int:
+    return min(state.hidden_waiting(), (1 << TICKET_BITS) - 1)
 
 
 class WaitCounts:
@@ -57,53 +63,82 @@ class WaitCounts:
         self._sessions = sessions
         self._sql = sql
         self._forget = forget  # drops a key's state once it is idle
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty: dict[KeyState, None] = {}  # keys to bring up to date, in change order
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
 
     def changed(self, state: KeyState) -> None:
-        """A key's local queue changed: bring its published length in step."""
-        if state.ticket_task is None and state.published != len(state.queue):
-            task = asyncio.get_running_loop().create_task(self._publish(state.resource, state))
-            state.ticket_task = task
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """A key's local queue changed: publish its new length at the next tick."""
+        if self._closed or state.ticket_pending or state.published == _length(state):
+            return
+        state.ticket_pending = True
+        self._dirty[state] = None
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
-    async def _publish(self, resource: str, state: KeyState) -> None:
-        session = None
+    async def _flush(self) -> None:
         try:
-            while True:
-                # Let a burst of queue changes settle into one statement: a hand-off changes
-                # the length twice per grant, far more often than anyone needs to read it.
+            while self._dirty:
                 await asyncio.sleep(PUBLISH_DELAY)
-                want = min(len(state.queue), (1 << TICKET_BITS) - 1)
-                if want == state.published:
-                    break
-                session = state.ticket_session
-                if session is None or session.dead:
-                    state.published = 0  # a dead session's bits went with it
-                    if want == 0:
-                        break
-                    session = state.ticket_session = await self._sessions.shared()
-                have = state.published
-                await session.run(
-                    self._sql.publish_bits,
-                    state.keys.ticket_base,
-                    bits(want & ~have),
-                    bits(have & ~want),
-                )
-                state.published = want
-                if want == 0:
-                    state.ticket_session = None
-        except Exception as exc:  # nothing awaits this task: report, never raise
-            if session is None or not (session.dead or session.conn.is_closed()):
-                logger.warning("could not publish the waiting count of %r: %s", resource, exc)
-            state.published, state.ticket_session = 0, None
+                states, self._dirty = list(self._dirty), {}
+                await self._publish(states)
         finally:
-            state.ticket_task = None
-            self._forget(resource, state)
+            self._flusher = None
+
+    async def _publish(self, states: list[KeyState]) -> None:
+        """Bring ``states``' published lengths up to date: one statement per session."""
+        updates: dict[Session, list[tuple[KeyState, int]]] = {}
+        failed = False
+        try:
+            for state in states:
+                session = state.ticket_session
+                if session is not None and session.dead:
+                    state.published, state.ticket_session = 0, None  # its bits went with it
+                    session = None
+                want = _length(state)
+                if want != state.published:
+                    if session is None:
+                        session = state.ticket_session = await self._sessions.shared()
+                    updates.setdefault(session, []).append((state, want))
+            results = await asyncio.gather(*(self._send(s, u) for s, u in updates.items()))
+            failed = not all(results)
+        except Exception as exc:  # nothing awaits the flusher: report, never raise
+            logger.warning("could not publish waiting counts: %s", exc)
+            failed = True
+        finally:
+            for state in states:
+                state.ticket_pending = False
+                if state.published == 0:
+                    state.ticket_session = None
+                # Moved meanwhile: again at the next tick (after a failure, at the next change).
+                if not failed and state.published != _length(state):
+                    self.changed(state)
+                else:
+                    self._forget(state.resource, state)
+
+    async def _send(self, session: Session, updates: list[tuple[KeyState, int]]) -> bool:
+        take: list[int] = []
+        drop: list[int] = []
+        for state, want in updates:
+            base, have = state.keys.ticket_base, state.published
+            take += bit_keys(base, want & ~have)
+            drop += bit_keys(base, have & ~want)
+        try:
+            await session.run(self._sql.publish_bits, take, drop)
+        except Exception as exc:
+            if not (session.dead or session.conn.is_closed()):
+                logger.warning("could not publish waiting counts: %s", exc)
+            for state, _ in updates:
+                state.published, state.ticket_session = 0, None
+            return False
+        for state, want in updates:
+            state.published = want
+        return True
 
     async def aclose(self) -> None:
         """Stop publishing (closing the sessions drops whatever was published)."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closed = True
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)

@@ -37,10 +37,11 @@ once a semaphore is waited on. So 1,000 locks taken without contention cost at m
 ``pool_size`` connections, and 200 tasks queued on one key cost one spare. At most
 ``max_spares`` spares (default 32) are lent at once (``_pg_spares.py``): past that, and
 when the server refuses a connection while some of ours are lent, a wait queues FIFO for
-a spare to come back, within its ``timeout``. A task that already holds a grant never
-waits for a spare (it may exceed the budget): it could hold what the lent spares wait
-for. So a coordinator opens at most ``pool_size + max_spares + 1`` connections, plus
-those of holders asking for more.
+a spare to come back, within its ``timeout``. The bound is soft so that it never
+deadlocks: a task that already holds a grant never waits for a spare (it could hold what
+the lent spares wait for), and a wait queued for ``spare_patience`` seconds (default 1)
+takes a spare beyond the bound (a lease handed to another task escapes the first rule).
+So a coordinator keeps about ``pool_size + max_spares + 1`` connections.
 
 Fencing tokens come from one sequence (``agentlocks_tokens``, created on first use,
 ``CACHE 1``), drawn in the granting statement after the hold is taken: strictly
@@ -86,7 +87,7 @@ or through session pooling.
 
 Options (``_pg_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
 (seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``max_spares``
-(default 32), ``schema`` (of
+(default 32), ``spare_patience`` (seconds, default 1), ``schema`` (of
 the sequence and the ``agentlocks_generations`` table; default: first of ``search_path``),
 ``application_name`` (default ``"agentlocks"``).
 """
@@ -153,6 +154,7 @@ class PostgresBackend:
             pool_size=options.pool_size,
             max_idle=options.max_idle,
             max_spares=options.max_spares,
+            spare_patience=options.spare_patience,
             connect_timeout=options.connect_timeout,
             application_name=options.application_name,
             on_dead=self._session_died,
@@ -238,6 +240,8 @@ class PostgresBackend:
         finally:
             request.settle()
             state.advance(request)
+            if state.published:  # this request may have been counted there: recount
+                state.changed()
             self._grants.drop_if_idle(resource, state)
 
     def _state(self, resource: str) -> KeyState:
@@ -266,6 +270,7 @@ class PostgresBackend:
         if max_waiting is not None and not checked:
             await self._check_waiting(resource, state, max_waiting)
         request.waiting = True
+        state.changed()  # counted as waiting from now on (published until the server has it)
         if request.capacity is None:
             return await self._grants.wait_lock(resource, state, request, lease_ttl)
         return await self._grants.wait_slot(resource, state, request, lease_ttl)
