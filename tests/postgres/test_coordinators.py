@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from typing import Any
 
 import asyncpg
 import pytest
 
 import agentlocks
 from agentlocks import AcquireTimeout, Busy, Lease, LeaseLost, QueueFull
+from agentlocks.backends.postgres import PostgresBackend
 
 from .conftest import Connect, no_advisory_locks_soon
 
@@ -118,6 +121,35 @@ async def _all(coord: agentlocks.Coordinator, keys: list[str]) -> list[Lease]:
     return [await coord.acquire(key) for key in keys]
 
 
+@pytest.mark.parametrize("semaphore", [False, True], ids=["lock", "semaphore"])
+async def test_requests_of_several_processes_are_served_in_arrival_order(
+    connect: Connect, semaphore: bool
+) -> None:
+    """B, B, C, B, C, C arriving one after the other are granted in exactly that order:
+    a request whose process already waits on the key joins the server queue beside it."""
+    a, b, c = connect(), connect(), connect()
+
+    def take(coord: agentlocks.Coordinator) -> Lease:
+        if semaphore:
+            return coord.semaphore("fifo", capacity=1)
+        return coord.acquire("fifo")
+
+    holder = await take(a)
+    order: list[int] = []
+
+    async def run(coord: agentlocks.Coordinator, index: int) -> None:
+        async with take(coord):
+            order.append(index)
+
+    tasks = []
+    for index, coord in enumerate([b, b, c, b, c, c]):
+        tasks.append(asyncio.create_task(run(coord, index)))
+        await _queued(a, "fifo", index + 1, semaphore=semaphore)
+    await holder.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert order == list(range(6))
+
+
 async def test_semaphore_max_waiting_counts_every_processes_queue(connect: Connect) -> None:
     """A semaphore's waiters queued in another process count toward max_waiting here."""
     a, b, c = connect(), connect(), connect()
@@ -222,3 +254,65 @@ async def test_max_waiting_check_does_not_strand_a_request(connect: Connect) -> 
 
     done = await asyncio.gather(*(request(u) for _ in range(3) for u in "ab"))
     assert sorted(done) == ["a", "a", "a", "b", "b", "b"]
+
+
+@pytest.mark.parametrize("capacity", [None, 1], ids=["lock", "semaphore"])
+async def test_spaced_requests_with_random_cancellations_keep_exclusion_and_leave_nothing(
+    connect: Connect,
+    admin: asyncpg.Connection,
+    app_name: str,
+    capacity: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests trickling in from two coordinators (so many join the server queue beside
+    their process's head), a third of them cancelled or timed out at random moments."""
+    coords = [connect(), connect()]
+    bypasses = 0
+    bypass = PostgresBackend._bypass
+
+    async def counting(self: PostgresBackend, *args: Any) -> Any:
+        nonlocal bypasses
+        bypasses += 1
+        return await bypass(self, *args)
+
+    monkeypatch.setattr(PostgresBackend, "_bypass", counting)
+    rng = random.Random(11 if capacity is None else 12)
+    inside = peak = 0
+    granted: list[int] = []
+
+    async def run() -> None:
+        nonlocal inside, peak
+        coord = rng.choice(coords)
+        timeout = rng.choice([None, None, 0.02, 0.1])
+        lease = (
+            coord.acquire("trickle", timeout=timeout)
+            if capacity is None
+            else coord.semaphore("trickle", capacity=capacity, timeout=timeout)
+        )
+        try:
+            async with lease:
+                inside += 1
+                try:
+                    peak = max(peak, inside)
+                    granted.append(lease.token)
+                    await asyncio.sleep(rng.random() * 0.004)
+                finally:
+                    inside -= 1
+        except AcquireTimeout:
+            pass
+
+    tasks = []
+    for _ in range(80):
+        tasks.append(asyncio.create_task(run()))
+        await asyncio.sleep(rng.random() * 0.008)  # not overloaded: queues drain often
+        if rng.random() < 0.15:
+            rng.choice(tasks).cancel()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+    assert peak <= (capacity or 1) and granted
+    assert bypasses > 0  # the schedule did send requests beside their process's head
+    if capacity is None:
+        assert granted == sorted(granted)  # tokens grow in grant order
+    await no_advisory_locks_soon(admin, app_name)
+    async with asyncio.timeout(5):  # per-key state goes once the last publication is done
+        while any(coord._backend._states for coord in coords):  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)

@@ -35,6 +35,13 @@ from ._pg_sql import Sql
 DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
+def _hand_out(state: KeyState, request: Request, grants: list[Grant]) -> list[Grant]:
+    """``KeyState.hand_out`` for the head; a bypassing request has no batch to serve."""
+    if request.bypass:
+        return grants
+    return state.hand_out(grants)
+
+
 class Grants:
     """The grant-taking statements of one backend instance, and their bookkeeping."""
 
@@ -132,19 +139,19 @@ class Grants:
                 grants: list[Grant] = []
                 with contextlib.suppress(BackendError):
                     grants = self.record(row, session, kind, resource, state, request, lease_ttl)
-                self.release_later(state.hand_out(grants[1:]))
+                self.release_later(_hand_out(state, request, grants[1:]))
                 if grants:
                     await self.release(grants[0])
             raise
         except DRIVER_ERRORS as exc:
-            state.hand_out([])
+            _hand_out(state, request, [])
             raise self.error(exc) from exc
         try:
             grants = self.record(row, session, kind, resource, state, request, lease_ttl)
         except BaseException:
-            state.hand_out([])
+            _hand_out(state, request, [])
             raise
-        self.release_later(state.hand_out(grants[1:]))
+        self.release_later(_hand_out(state, request, grants[1:]))
         return grants[0] if grants else None
 
     def record(
@@ -195,13 +202,27 @@ class Grants:
             self._liveness.watch()
         return grants
 
+    async def _spare_for(self, state: KeyState, request: Request) -> Session:
+        """The spare ``request`` waits on; while it queues for one, it is published as
+        waiting (``_pg_tickets.py``): ``pg_locks`` shows it only once it waits there."""
+        exempt = holds_any()
+        if not self._sessions.spare_free(exempt):
+            request.in_line = True
+            state.changed()
+        try:
+            session = await self._sessions.spare(exempt)
+        finally:
+            request.in_line = False
+        request.session = session
+        if state.published:
+            state.changed()
+        return session
+
     async def wait_lock(
         self, resource: str, state: KeyState, request: Request, lease_ttl: float
     ) -> Grant:
         keys = state.keys
-        session = await self._sessions.spare(exempt=holds_any())
-        request.session = session
-        state.changed()  # the server shows this request from now on
+        session = await self._spare_for(state, request)
         sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
         task = session.submit(sql, keys.gate, keys.hold)
         try:
@@ -230,9 +251,7 @@ class Grants:
     ) -> Grant:
         keys = state.keys
         assert request.capacity is not None
-        gatekeeper = await self._sessions.spare(exempt=holds_any())
-        request.session = gatekeeper
-        state.changed()  # the server shows this request from now on
+        gatekeeper = await self._spare_for(state, request)
         task = gatekeeper.submit(self._sql.wait_gate, keys.gate)
         try:
             row = await asyncio.shield(task)

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ._base import HolderInfo
-from ._pg_queue import KeyState
+from ._pg_queue import KeyState, Request
 from ._pg_sql import TICKET_BITS, Keys
 
 
@@ -41,13 +41,16 @@ def foreign_waiting(rows: list[Any], own: frozenset[int], keys: Keys, semaphore:
     return count
 
 
-def head_granted(rows: list[Any], state: KeyState | None) -> bool:
-    """Has the server granted this process's queued lock request already?"""
-    head = state.active if state is not None else None
-    if head is None or head.session is None or head.capacity is not None:
-        return False
-    pid, hold = head.session.pid, state.keys.hold  # type: ignore[union-attr]
-    return any(r["pid"] == pid and r["key"] == hold and r["granted"] for r in rows)
+def granted_unrecorded(rows: list[Any], state: KeyState | None) -> list[Request]:
+    """This process's lock requests the server has granted but their tasks not yet recorded."""
+    if state is None:
+        return []
+    granted = {r["pid"] for r in rows if r["key"] == state.keys.hold and r["granted"]}
+    return [
+        r
+        for r in state.deciders()
+        if r.session is not None and r.capacity is None and r.session.pid in granted
+    ]
 
 
 def snapshot(
@@ -65,11 +68,12 @@ def snapshot(
     waiting = foreign_waiting(rows, own, keys, semaphore)
     if state is not None:
         waiting += len(state.queue) + len(state.batch)
-        head = state.active
-        if head is not None and head.waiting and head.session is not None:
+        for request in state.deciders():
+            if not request.waiting or request.session is None:
+                continue
             # Counted once the server has its request: queued, or (semaphores) holding
             # the gate while it waits for a slot. On its way there, it is not yet.
-            pid = head.session.pid
+            pid = request.session.pid
             waiting += any(
                 r["pid"] == pid and (not r["granted"] or (semaphore and r["key"] == keys.gate))
                 for r in rows

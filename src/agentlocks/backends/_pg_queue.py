@@ -52,7 +52,8 @@ class Request:
     """One acquire call while it waits or is being decided."""
 
     __slots__ = (
-        "capacity", "grant", "lease_ttl", "session", "settled", "shared", "turn", "waiting",
+        "bypass", "capacity", "grant", "in_line", "lease_ttl", "session", "settled", "shared",
+        "turn", "waiting",
     )  # fmt: skip
 
     def __init__(self, shared: bool, capacity: int | None, lease_ttl: float) -> None:
@@ -66,6 +67,9 @@ class Request:
         self.waiting = False  # it will wait (counted by inspect and max_waiting)
         self.session: Session | None = None  # the spare it waits on, once it does
         self.settled = asyncio.Event()  # set when the request is granted or has failed
+        # Sent to the server queue beside the head, on a spare of its own (never batched).
+        self.bypass = False
+        self.in_line = False  # queued for a spare session (the spare budget is spent)
 
     def settle(self) -> None:
         """Mark the request decided (granted, failed or cancelled)."""
@@ -77,8 +81,8 @@ class KeyState:
     """This process's view of one resource; dropped as soon as it is idle."""
 
     __slots__ = (
-        "active", "batch", "holders", "keys", "on_change", "published", "queue", "resource",
-        "ticket_pending", "ticket_session",
+        "active", "batch", "holders", "keys", "on_change", "published", "queue", "remote",
+        "resource", "ticket_pending", "ticket_session",
     )  # fmt: skip
 
     def __init__(
@@ -90,6 +94,7 @@ class KeyState:
         self.queue: deque[Request] = deque()
         self.active: Request | None = None
         self.batch: list[Request] = []  # taken from the queue to be granted with ``active``
+        self.remote: set[Request] = set()  # bypassing requests (``can_bypass``)
         # The queue's length as published for other processes (``_pg_tickets.py``).
         self.on_change = on_change  # called whenever the queue's length changed
         self.published = 0
@@ -102,6 +107,7 @@ class KeyState:
         return (
             not self.holders
             and self.active is None
+            and not self.remote
             and not self.queue
             and not self.batch
             and not self.published
@@ -129,21 +135,35 @@ class KeyState:
                 slots.append(hold.slot)  # type: ignore[attr-defined]
         return slots
 
+    def deciders(self) -> list[Request]:
+        """The requests of this process talking to the server: the head and bypassers."""
+        active = self.active
+        return [active, *self.remote] if active is not None else list(self.remote)
+
+    def can_bypass(self) -> bool:
+        """May a new request go to the server queue now, beside the head, on its own spare?
+
+        Only while nobody of this process waits locally and every request ahead of it has
+        its spare already: so it cannot overtake a request of its own process, and it
+        takes its place among other processes' requests when it arrives (exact FIFO for
+        requests that do not arrive in a burst). Otherwise it queues locally.
+        """
+        if self.queue or self.batch:
+            return False
+        return all(r.waiting and r.session is not None for r in self.deciders())
+
     def waiting(self) -> int:
         """Requests of this process waiting on the resource."""
-        active = self.active
         waiting = len(self.queue) + len(self.batch)
-        return waiting + (1 if active is not None and active.waiting else 0)
+        return waiting + sum(r.waiting for r in self.deciders())
 
     def hidden_waiting(self) -> int:
         """This process's waiting requests that ``pg_locks`` does not show.
 
-        The local queue, plus the head while it decided to wait but has no spare session
-        yet (the spare budget is spent): what ``_pg_tickets.py`` publishes.
+        The local queue, plus requests queued for a spare session (the spare budget is
+        spent): what ``_pg_tickets.py`` publishes.
         """
-        active = self.active
-        head = active is not None and active.waiting and active.session is None
-        return len(self.queue) + head
+        return len(self.queue) + sum(r.in_line for r in self.deciders())
 
     def changed(self) -> None:
         """Something ``hidden_waiting`` counts may have changed: tell the publisher."""
@@ -156,7 +176,7 @@ class KeyState:
         Adjacent shared requests, or adjacent semaphore requests of the same capacity as
         far as free capacity (as this process sees it) allows; never an exclusive one.
         """
-        if not request.shared or self.batch:
+        if not request.shared or self.batch or request.bypass:
             return []
         room = None if request.capacity is None else request.capacity - len(self.holders) - 1
         queue = self.queue

@@ -317,6 +317,10 @@ class Sessions:
                     raise
                 await self._budget.take_again()
 
+    def spare_free(self, exempt: bool) -> bool:
+        """Would ``spare(exempt)`` lend a spare without queueing for the budget?"""
+        return self._budget.free(exempt)
+
     def _returned(self, session: Session) -> None:
         """A lent spare is back (idle or closed): its place in the budget passes on."""
         if session in self._lent:

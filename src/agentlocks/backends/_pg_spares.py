@@ -67,9 +67,13 @@ class SpareBudget:
         """Requests waiting in line for a spare."""
         return sum(not f.done() for f in self._line)
 
+    def free(self, exempt: bool) -> bool:
+        """Would ``take(exempt)`` reserve at once?"""
+        return exempt or (self.taken < self.limit and not self._line)
+
     async def take(self, exempt: bool) -> None:
         """Reserve one spare; wait in line while the budget is spent (unless ``exempt``)."""
-        if exempt or (self.taken < self.limit and not self._line):
+        if self.free(exempt):
             self.taken += 1
             return
         await self._wait(front=False)

@@ -22,12 +22,15 @@ polling). In front of the server, each process keeps a FIFO per key (``_pg_queue
 only its head talks to the server, and the requests behind it that can share its grant
 (adjacent shared requests, or semaphore requests up to the free capacity) are granted in
 the same statement. So a process's requests are granted in exactly the order it made
-them, and across processes requests are ordered by when they reach the server (each
-process has at most one request per key in the server queue). That is the price of the
-connection budget: a request queued behind its process's head enters the server queue
-only when the head is granted, so a later request of another process can be served
-before it (API.md's FIFO across processes holds per head, not per request; one spare
-per waiting request would make it exact at one connection per waiter).
+them, and across processes requests are ordered by when they reach the server.
+A request that finds every request of its process ahead of it already waiting in the
+server, and no local queue, *bypasses*: it waits in the server queue beside them on a
+spare of its own (``KeyState.can_bypass``), so requests that arrive one after another
+are ordered exactly across processes. Bursts queue locally (one spare per key for any
+number of waiters), and a request queued there enters the server queue only when the
+one ahead of it is granted: a later request of another process can then be served
+before it (API.md's FIFO across processes holds per request for spaced arrivals, per
+head within a burst; exact order in bursts would cost one connection per waiter).
 
 Connection budget, per process: ``pool_size`` shared sessions (default 8), on which any
 number of fast-path grants live; plus one spare per key the process is waiting on at that
@@ -108,11 +111,11 @@ from ._base import Grant, HolderInfo, LostCallback, describe
 from ._pg_connection import Session, driver_dsn
 from ._pg_grants import DRIVER_ERRORS, Grants
 from ._pg_liveness import Liveness
-from ._pg_observe import foreign_waiting, head_granted, snapshot
+from ._pg_observe import foreign_waiting, granted_unrecorded, snapshot
 from ._pg_options import OPTION_NAMES, parse_options
 from ._pg_queue import Hold, KeyState, Request
 from ._pg_session import Sessions
-from ._pg_spares import holdings
+from ._pg_spares import holdings, holds_any
 from ._pg_sql import MAX_SLOTS, TICKET_BITS, Keys, Sql, keys_for
 from ._pg_tickets import WaitCounts
 
@@ -219,6 +222,8 @@ class PostgresBackend:
                 # The check suspended: whoever was ahead may be gone, and the state with it.
                 state = self._state(resource)
         if state.active is not None or state.queue or state.batch:
+            if self._sessions.spare_free(holds_any()) and state.can_bypass():
+                return await self._bypass(resource, state, request, lease_ttl)
             try:
                 await state.enqueue(request)  # leaves the queue by itself if cancelled
             except BaseException:
@@ -240,6 +245,25 @@ class PostgresBackend:
         finally:
             request.settle()
             state.advance(request)
+            if state.published:  # this request may have been counted there: recount
+                state.changed()
+            self._grants.drop_if_idle(resource, state)
+
+    async def _bypass(
+        self, resource: str, state: KeyState, request: Request, lease_ttl: float
+    ) -> Grant:
+        """Wait in the server queue beside this process's head (``KeyState.can_bypass``)."""
+        request.bypass = request.waiting = True
+        state.remote.add(request)
+        try:
+            if request.capacity is None:
+                grant = await self._grants.wait_lock(resource, state, request, lease_ttl)
+            else:
+                grant = await self._grants.wait_slot(resource, state, request, lease_ttl)
+            return _held_here(grant)
+        finally:
+            request.settle()
+            state.remote.discard(request)
             if state.published:  # this request may have been counted there: recount
                 state.changed()
             self._grants.drop_if_idle(resource, state)
@@ -270,7 +294,6 @@ class PostgresBackend:
         if max_waiting is not None and not checked:
             await self._check_waiting(resource, state, max_waiting)
         request.waiting = True
-        state.changed()  # counted as waiting from now on (published until the server has it)
         if request.capacity is None:
             return await self._grants.wait_lock(resource, state, request, lease_ttl)
         return await self._grants.wait_slot(resource, state, request, lease_ttl)
@@ -342,12 +365,11 @@ class PostgresBackend:
         state = self._states.get(resource)
         keys = state.keys if state is not None else keys_for(self._namespace, resource)
         rows = await self._rows(keys, semaphore)
-        if head_granted(rows, state):
+        for request in granted_unrecorded(rows, state):
             # The server granted our queued request already; its task records the grant
             # (and its token) in a moment: report it as the holder it is.
-            assert state is not None and state.active is not None
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await state.active.settled.wait()
+                await request.settled.wait()
         state = self._states.get(resource)
         return snapshot(rows, self._sessions.pids, keys, state, semaphore)
 
