@@ -34,7 +34,8 @@ class PgOptions:
             and the bound on how late a silently lost grant (or a semaphore slot freed by
             a crashed holder) is noticed.
         pool_size: Shared sessions (fast-path grants, releases, queries).
-        max_idle: Clean spare sessions kept open for the next wait.
+        max_idle: Clean spare sessions kept open for the next wait (more are kept while
+            in use recently, and closed after ``_pg_session.IDLE_LINGER`` seconds unused).
         max_spares: Spare sessions lent at once (one per key waited on in the server, kept
             by the grant it wins); further waits queue FIFO for one to come back. A task
             that already holds a grant may exceed it (see ``_pg_spares.py``).

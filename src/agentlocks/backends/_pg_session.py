@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ from ._pg_sql import Sql
 
 #: Advisory key serialising the creation of the token sequence and the generation table.
 _BOOTSTRAP_KEY = 0x61676E746C6B73  # "agntlks"
+#: Seconds an idle spare beyond ``max_idle`` is kept for reuse before it is closed.
+IDLE_LINGER = 5.0
 
 
 class Sessions:
@@ -74,6 +77,7 @@ class Sessions:
         self._opening_shared = 0
         self._shared_changed = asyncio.Event()
         self._idle: deque[Session] = deque()
+        self._reaper: asyncio.Task[None] | None = None
         self._lent: set[Session] = set()  # spares out for a wait or holding its grant
         self._budget = SpareBudget(max_spares, spare_patience)
         self._all: dict[int, Session] = {}  # pid -> session, every open session
@@ -343,11 +347,30 @@ class Sessions:
         if session.dead:
             self._returned(session)
             return
-        if len(self._idle) < self._max_idle and not self._closed:
-            self._idle.append(session)
-            self._returned(session)  # after: the next in line finds it idle
-        else:
+        if self._closed:
             await self.close(session)
+            return
+        # Kept even past max_idle: a busy key reuses its spares instead of opening and
+        # closing one per wait; the surplus is closed once it has idled IDLE_LINGER.
+        self._idle.append(session)
+        self._returned(session)  # after: the next in line finds it idle
+        if len(self._idle) > self._max_idle and self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        """Close the idle spares beyond ``max_idle`` that stayed unused for IDLE_LINGER."""
+        try:
+            while len(self._idle) > self._max_idle:
+                await asyncio.sleep(IDLE_LINGER)
+                now = time.monotonic()
+                # Oldest first: spare() reuses the most recently returned ones.
+                while len(self._idle) > self._max_idle:
+                    oldest = self._idle[0]
+                    if now - oldest.last_ok < IDLE_LINGER:
+                        break
+                    await self.close(oldest)
+        finally:
+            self._reaper = None
 
     async def scrub(self, session: Session) -> None:
         """Make a spare whose wait was interrupted clean again, or close it.
@@ -391,6 +414,8 @@ class Sessions:
     async def aclose(self) -> None:
         """Close every connection (the server releases whatever they still held)."""
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         for session in list(self._all.values()):
             await self.close(session)
         if self._listener is not None:

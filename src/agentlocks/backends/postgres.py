@@ -35,7 +35,8 @@ head within a burst; exact order in bursts would cost one connection per waiter)
 Connection budget, per process: ``pool_size`` shared sessions (default 8), on which any
 number of fast-path grants live; plus one spare per key the process is waiting on at that
 moment (not per waiting task), which the grant it wins keeps (*pinned*) until released,
-and then goes back to an idle list of at most ``max_idle``; plus one LISTEN connection
+and then goes back to an idle list (spares beyond ``max_idle`` are closed after 5 s
+unused, so a busy key reuses its spares); plus one LISTEN connection
 once a semaphore is waited on. So 1,000 locks taken without contention cost at most
 ``pool_size`` connections, and 200 tasks queued on one key cost one spare. At most
 ``max_spares`` spares (default 32) are lent at once (``_pg_spares.py``): past that, and
