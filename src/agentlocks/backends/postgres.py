@@ -33,8 +33,9 @@ before it (API.md's FIFO across processes holds per request for spaced arrivals,
 head within a burst; exact order in bursts would cost one connection per waiter).
 
 Connection budget, per process: ``pool_size`` shared sessions (default 8), on which any
-number of fast-path grants live; plus one spare per key the process is waiting on at that
-moment (not per waiting task), which the grant it wins keeps (*pinned*) until released,
+number of fast-path grants live; plus one spare per request waiting in the server (the
+head of each key's local queue, and requests that bypassed it), which the grant it wins
+keeps (*pinned*) until released,
 and then goes back to an idle list (spares beyond ``max_idle`` are closed after 5 s
 unused, so a busy key reuses its spares); plus one LISTEN connection
 once a semaphore is waited on. So 1,000 locks taken without contention cost at most
