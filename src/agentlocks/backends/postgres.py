@@ -23,10 +23,12 @@ only its head talks to the server, and the requests behind it that can share its
 (adjacent shared requests, or semaphore requests up to the free capacity) are granted in
 the same statement. So a process's requests are granted in exactly the order it made
 them, and across processes requests are ordered by when they reach the server.
-A request that finds every request of its process ahead of it already waiting in the
-server, and no local queue, *bypasses*: it waits in the server queue beside them on a
-spare of its own (``KeyState.can_bypass``), so requests that arrive one after another
-are ordered exactly across processes. Bursts queue locally (one spare per key for any
+An exclusive or semaphore request that finds every request of its process ahead of it
+already waiting in the server, and no local queue, *bypasses*: it waits in the server
+queue beside them on a spare of its own (``KeyState.can_bypass``), so requests that
+arrive one after another are ordered exactly across processes. (Shared lock requests do
+not: granted together with their neighbours, they must draw tokens in arrival order,
+which only the head's batch statement does.) Bursts queue locally (one spare per key for any
 number of waiters), and a request queued there enters the server queue only when the
 one ahead of it is granted: a later request of another process can then be served
 before it (API.md's FIFO across processes holds per request for spaced arrivals, per
@@ -224,7 +226,10 @@ class PostgresBackend:
                 # The check suspended: whoever was ahead may be gone, and the state with it.
                 state = self._state(resource)
         if state.active is not None or state.queue or state.batch:
-            if self._sessions.spare_free(holds_any()) and state.can_bypass():
+            # Not for shared lock requests: granted together with their neighbours, they
+            # must draw their tokens in arrival order, which only the head's batch does.
+            bypassable = request.capacity is not None or not request.shared
+            if bypassable and self._sessions.spare_free(holds_any()) and state.can_bypass():
                 return await self._bypass(resource, state, request, lease_ttl)
             try:
                 await state.enqueue(request)  # leaves the queue by itself if cancelled
