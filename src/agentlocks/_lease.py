@@ -91,8 +91,12 @@ class Lease:
 
     @property
     def lost(self) -> bool:
-        """True once the lease is known to have ended while held (expired, dropped)."""
-        return self._lost
+        """True once the lease is known to have ended while held (expired, dropped, closed)."""
+        if self._lost:
+            return True
+        # In-process leases are never marked one by one (that would cost the hot path):
+        # a lease still held when its coordinator closed is lost from then on.
+        return self._grant is not None and not self._released and self._coordinator._closed
 
     @property
     def released(self) -> bool:

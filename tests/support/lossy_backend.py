@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.backends import Grant, LostCallback
 from agentlocks.backends.memory import MemoryBackend
@@ -35,8 +36,8 @@ class LossyBackend(MemoryBackend):
     remote: ClassVar[bool] = True
     _shared: ClassVar[dict[str, _SharedState]] = {}
 
-    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
-        super().__init__(settings, on_lost)
+    def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
+        super().__init__(settings, on_lost, tasks)
         state = self._shared.setdefault(settings.namespace, _SharedState())
         self._entries = state.entries
         self._generations = state.generations
@@ -58,7 +59,7 @@ class LossyBackend(MemoryBackend):
             raise BackendError("lossy:// is unreachable (fail_renewals)")
         return await super().renew(grants)
 
-    async def release(self, grant: Grant) -> None:
+    async def release(self, grant: Grant) -> bool:
         if self.fail_releases:
             raise BackendError("lossy:// is unreachable (fail_releases)")
-        await super().release(grant)
+        return await super().release(grant)
