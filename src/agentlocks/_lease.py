@@ -217,8 +217,12 @@ class Lease:
         await self._coordinator._verify(self)
 
     def _mark_lost(self) -> None:
-        """Record the loss and, if the holder's block asked for it, cancel that block."""
-        if self._lost or self._released:
+        """Record the loss and, if the holder's block asked for it, cancel that block.
+
+        Also called by a release that finds the grant gone (``_released`` is then already
+        set): the loss must still be recorded, so ``released`` does not stop it.
+        """
+        if self._lost:
             return
         self._lost = True
         TELEMETRY.lost(self._request[0])

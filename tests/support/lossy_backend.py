@@ -11,6 +11,7 @@ It is registered as the ``lossy://`` scheme through the public ``register_backen
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,9 @@ class LossyBackend(MemoryBackend):
         self.on_lost = on_lost
         self.renew_calls = 0
         self.fail_renewals = False
+        self.hang_renewals = False  # renew() never answers: a silent partition
         self.fail_releases = False
+        self._granted: set[Grant] = set()  # what aclose() ends, as a server would
 
     def revoke(self, grant: Grant, *, notify: bool = False) -> None:
         """Make ``grant`` vanish as a server-side expiry would; optionally push the news."""
@@ -57,9 +60,25 @@ class LossyBackend(MemoryBackend):
         self.renew_calls += 1
         if self.fail_renewals:
             raise BackendError("lossy:// is unreachable (fail_renewals)")
+        if self.hang_renewals:
+            await asyncio.Event().wait()  # no answer, no error: only a deadline ends this
         return await super().renew(grants)
+
+    async def acquire(self, resource: str, **request: Any) -> Grant:
+        grant = await super().acquire(resource, **request)
+        self._granted.add(grant)
+        return grant
 
     async def release(self, grant: Grant) -> bool:
         if self.fail_releases:
             raise BackendError("lossy:// is unreachable (fail_releases)")
+        self._granted.discard(grant)
         return await super().release(grant)
+
+    async def aclose(self) -> None:
+        # A remote backend ends its grants on the server when it closes: the shared state
+        # is the "server" here, so other coordinators' waiters are handed the keys.
+        await super().aclose()
+        for grant in list(self._granted):
+            self.release_nowait(grant)
+        self._granted.clear()
