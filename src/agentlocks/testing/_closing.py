@@ -56,7 +56,7 @@ class ClosingGuarantees(SuiteHarness):
         waiters = [self.start(coord.acquire("k")) for _ in range(5)]
         await self.settle(coord, "k", 5)
         for task in waiters:
-            await _cancel_repeatedly(task)  # type: ignore[arg-type]
+            await _cancel_repeatedly(task)
         await asyncio.wait(waiters)
         assert all(task.cancelled() for task in waiters)
         await self.settle(coord, "k", 0)
