@@ -22,7 +22,8 @@ from typing import ClassVar
 from agentlocks._url import Settings
 from agentlocks.errors import Busy, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HeadSwap, HolderInfo, LostCallback, describe
+from ._memory_heads import HeadTable
 
 __all__ = ["MemoryBackend"]
 
@@ -82,6 +83,7 @@ class MemoryBackend:
         self._settings = settings
         self._entries: dict[str, Grant | _Entry] = {}
         self._generations: dict[str, int] = {}
+        self._heads = HeadTable()
         self._tokens = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -232,6 +234,26 @@ class MemoryBackend:
         current = max(self._generations.get(name, 0), generation)
         self._generations[name] = current
         return current
+
+    async def swap_head(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        return self._heads.swap(resource, field, expected, new, token, ttl)
+
+    def swap_head_nowait(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        """``swap_head`` without suspending (for a synchronous checkpoint ``put``)."""
+        return self._heads.swap(resource, field, expected, new, token, ttl)
+
+    async def drop_heads(self, resource: str) -> None:
+        self._heads.drop(resource)
+
+    def drop_heads_nowait(self, resource: str) -> None:
+        """``drop_heads`` without suspending."""
+        self._heads.drop(resource)
 
     async def aclose(self) -> None:
         # Holders keep their Grant objects; releasing them later is a no-op, and waiters
