@@ -162,6 +162,9 @@ class Backend(Protocol):
             cancellation. An in-process backend (False) promises that ``release`` never
             suspends and that grants are never lost.
         option_names: Backend-specific options accepted in the URL query or as keywords.
+
+    Additional methods: :class:`HeadStore` (``swap_head``, ``drop_heads``), which every
+    built-in backend implements and ``guard_checkpointer`` requires.
     """
 
     remote: ClassVar[bool]
