@@ -15,6 +15,7 @@ coordinator's backend.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
 
@@ -25,6 +26,8 @@ from agentlocks.coordinator import Coordinator
 from ._heads import DEFAULT_HEAD_TTL, Heads, check_lease
 
 __all__ = ["guard_checkpointer"]
+
+logger = logging.getLogger("agentlocks")
 
 Config = Any  # RunnableConfig: a TypedDict; the wrapper only passes it on
 
@@ -111,6 +114,7 @@ def _get_tuple(self: _Guarded, config: Config, *args: Any, **kwargs: Any) -> Any
 
 
 async def _aget_tuple(self: _Guarded, config: Config, *args: Any, **kwargs: Any) -> Any:
+    self._heads.note_loop()
     found = await self._inner.aget_tuple(config, *args, **kwargs)
     self._heads.saw(config, found)
     return found
@@ -186,20 +190,36 @@ async def _adelete_thread(self: _Guarded, thread_id: str, *args: Any, **kwargs: 
     await self._heads.drop({str(thread_id)})
 
 
-def _threads_of_runs_sync(self: _Guarded, run_ids: Sequence[str]) -> set[str]:
-    return {
-        str(item.config["configurable"]["thread_id"])
-        for run_id in run_ids
-        for item in self._inner.list(None, filter={"run_id": run_id})
-    }
+def _threads_of_runs_sync(self: _Guarded, run_ids: Sequence[str]) -> set[str] | None:
+    try:
+        return {
+            str(item.config["configurable"]["thread_id"])
+            for run_id in run_ids
+            for item in self._inner.list(None, filter={"run_id": run_id})
+        }
+    except Exception as exc:  # the delete itself must not fail for it
+        _unknown_threads(exc)
+        return None
 
 
-async def _threads_of_runs(self: _Guarded, run_ids: Sequence[str]) -> set[str]:
+async def _threads_of_runs(self: _Guarded, run_ids: Sequence[str]) -> set[str] | None:
     threads: set[str] = set()
-    for run_id in run_ids:
-        async for item in self._inner.alist(None, filter={"run_id": run_id}):
-            threads.add(str(item.config["configurable"]["thread_id"]))
+    try:
+        for run_id in run_ids:
+            async for item in self._inner.alist(None, filter={"run_id": run_id}):
+                threads.add(str(item.config["configurable"]["thread_id"]))
+    except Exception as exc:  # the delete itself must not fail for it
+        _unknown_threads(exc)
+        return None
     return threads
+
+
+def _unknown_threads(exc: Exception) -> None:
+    logger.warning(
+        "guard_checkpointer could not list the threads of the deleted runs (%s): a thread "
+        "whose head checkpoint is deleted refuses puts until its head record expires",
+        exc,
+    )
 
 
 # Deleting a run's checkpoints can delete a thread's head: the threads concerned forget
@@ -209,7 +229,7 @@ def _delete_for_runs(self: _Guarded, run_ids: Sequence[str], *args: Any, **kwarg
     check_lease(None)
     threads = _threads_of_runs_sync(self, run_ids)
     self._inner.delete_for_runs(run_ids, *args, **kwargs)
-    self._heads.drop_sync(threads)
+    self._heads.drop_sync(threads or set())
 
 
 async def _adelete_for_runs(
@@ -218,7 +238,7 @@ async def _adelete_for_runs(
     check_lease(None)
     threads = await _threads_of_runs(self, run_ids)
     await self._inner.adelete_for_runs(run_ids, *args, **kwargs)
-    await self._heads.drop(threads)
+    await self._heads.drop(threads or set())
 
 
 def _copy_thread(self: _Guarded, source: str, target: str, *args: Any, **kwargs: Any) -> None:

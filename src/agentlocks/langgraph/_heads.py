@@ -160,6 +160,11 @@ class Heads:
         self.ttl = float(ttl)
         self.loop: asyncio.AbstractEventLoop | None = None  # for synchronous calls
 
+    def note_loop(self) -> None:
+        """Remember the event loop the saver is used on (for synchronous calls)."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+
     # -- reads -----------------------------------------------------------------------------
 
     def saw(self, config: Mapping[str, Any], found: object) -> None:
@@ -209,8 +214,7 @@ class Heads:
         and a cancelled caller waits for it: a put cut short between the swap and the write
         would leave exactly that wedge.
         """
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
+        self.note_loop()
         task = asyncio.ensure_future(self._put(plan, write))
         try:
             return await asyncio.shield(task)
