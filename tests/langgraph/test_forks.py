@@ -12,6 +12,7 @@ from langgraph.types import Command, interrupt
 from agentlocks import ConcurrentRunError, Coordinator
 from agentlocks.langgraph._checkpointer import guard_checkpointer
 from tests.langgraph._graphs import chat_graph, concurrent_turns, config, messages
+from tests.langgraph.conftest import MakeSaver
 
 
 class Chat(TypedDict):
@@ -70,9 +71,15 @@ async def test_interrupt_and_resume(coord: Coordinator, thread_id: str) -> None:
     assert done["messages"] == ["u", "human:yes", "u2", "human:no"]
 
 
-async def test_update_state_latest_and_old(coord: Coordinator, thread_id: str) -> None:
+async def test_update_state_latest_and_old(
+    coord: Coordinator, thread_id: str, make_saver: MakeSaver, saver_kind: str
+) -> None:
     """update_state on the head, then on an old checkpoint (a fork); the thread goes on."""
-    graph = chat_graph(guard_checkpointer(InMemorySaver(), coord))
+    async with make_saver(saver_kind) as inner:
+        await _update_state_latest_and_old(chat_graph(guard_checkpointer(inner, coord)), thread_id)
+
+
+async def _update_state_latest_and_old(graph: Any, thread_id: str) -> None:
     await graph.ainvoke({"messages": ["a"]}, config(thread_id))
     await graph.aupdate_state(config(thread_id), {"messages": ["edit"]})
     assert await messages(graph, thread_id) == ["a", "re:a", "edit"]
@@ -85,9 +92,15 @@ async def test_update_state_latest_and_old(coord: Coordinator, thread_id: str) -
     assert await messages(graph, thread_id) == ["a", "re:a", "forked", "c", "re:c"]
 
 
-async def test_time_travel_from_an_old_checkpoint(coord: Coordinator, thread_id: str) -> None:
+async def test_time_travel_from_an_old_checkpoint(
+    coord: Coordinator, thread_id: str, make_saver: MakeSaver, saver_kind: str
+) -> None:
     """Invoking from an old checkpoint_id forks the thread there; later turns continue."""
-    graph = chat_graph(guard_checkpointer(InMemorySaver(), coord))
+    async with make_saver(saver_kind) as inner:
+        await _time_travel(chat_graph(guard_checkpointer(inner, coord)), thread_id)
+
+
+async def _time_travel(graph: Any, thread_id: str) -> None:
     await graph.ainvoke({"messages": ["a"]}, config(thread_id))
     await graph.ainvoke({"messages": ["b"]}, config(thread_id))
     history = [s async for s in graph.aget_state_history(config(thread_id))]
