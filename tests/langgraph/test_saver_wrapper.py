@@ -241,3 +241,22 @@ async def test_sync_put_on_a_remote_coordinator(thread_id: str) -> None:
         with pytest.raises(ConcurrentRunError):
             await asyncio.to_thread(saver.put, parent, empty_checkpoint(), {}, {})
         assert child["configurable"]["checkpoint_id"]
+
+
+def test_methods_unknown_to_the_wrapper_are_delegated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saver method LangGraph adds later is delegated where the saver overrides it."""
+    from agentlocks.langgraph._checkpointer import wrapper_class
+
+    async def aflush(self: Any) -> str:
+        raise NotImplementedError
+
+    monkeypatch.setattr(BaseCheckpointSaver, "aflush", aflush, raising=False)
+
+    class Flushing(InMemorySaver):
+        async def aflush(self) -> str:
+            return "flushed"
+
+    assert overrides(wrapper_class(Flushing), "aflush")
+    assert not overrides(wrapper_class(type("Plain", (InMemorySaver,), {})), "aflush")
+    saver = guard_checkpointer(Flushing(), agentlocks.connect())
+    assert asyncio.run(saver.aflush()) == "flushed"  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ coordinator's backend.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
@@ -320,6 +321,31 @@ MIRRORED: Final[dict[str, Callable[..., Any]]] = {
 }
 
 
+def _delegate(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain delegating method: for saver methods added to LangGraph after this wrapper."""
+    if inspect.isasyncgenfunction(method):
+
+        def agen(self: _Guarded, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self._inner, name)(*args, **kwargs)
+
+        return agen
+    if inspect.iscoroutinefunction(method):
+
+        async def coro(self: _Guarded, *args: Any, **kwargs: Any) -> Any:
+            return await getattr(self._inner, name)(*args, **kwargs)
+
+        return coro
+
+    def func(self: _Guarded, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._inner, name)(*args, **kwargs)
+
+    return func
+
+
+#: Handled by ``_Guarded`` itself, whatever the wrapped class does.
+_OWN: Final = frozenset({"with_allowlist", "serde", "config_specs"})
+
+
 def overrides(cls: type, name: str) -> bool:
     """Does ``cls`` override ``BaseCheckpointSaver.<name>`` (as capability detection asks)?"""
     return getattr(cls, name, None) is not getattr(BaseCheckpointSaver, name, None)
@@ -342,6 +368,13 @@ def _build(wrapped: type[BaseCheckpointSaver[Any]]) -> type[_Guarded]:
     namespace: dict[str, Any] = {
         name: impl for name, impl in MIRRORED.items() if overrides(wrapped, name)
     }
+    # Methods of the base class this module does not know (LangGraph adds optional ones
+    # from release to release): delegated as they are, again only where overridden.
+    for name, method in vars(BaseCheckpointSaver).items():
+        if name.startswith("_") or name in namespace or name in MIRRORED or name in _OWN:
+            continue
+        if callable(method) and overrides(wrapped, name):
+            namespace[name] = _delegate(name, method)
     if overrides(wrapped, "config_specs"):
         namespace["config_specs"] = property(_config_specs)
     namespace["wrapped"] = wrapped
