@@ -222,8 +222,12 @@ class Heads:
             if not task.done():
                 with anyio.CancelScope(shield=True):
                     while not task.done():
+                        # A native task.cancel() is not stopped by anyio's shield: a
+                        # repeat is ignored here, the first is raised once the put settled.
                         with contextlib.suppress(asyncio.CancelledError):
                             await asyncio.wait((task,))
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller's cancellation is what propagates
             raise
 
     async def _put(self, plan: PutPlan, write: Callable[[], Awaitable[T]]) -> T:
