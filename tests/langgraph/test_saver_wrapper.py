@@ -260,3 +260,32 @@ def test_methods_unknown_to_the_wrapper_are_delegated(monkeypatch: pytest.Monkey
     assert not overrides(wrapper_class(type("Plain", (InMemorySaver,), {})), "aflush")
     saver = guard_checkpointer(Flushing(), agentlocks.connect())
     assert asyncio.run(saver.aflush()) == "flushed"  # type: ignore[attr-defined]
+
+
+async def test_head_never_written_is_replaced_once_stale(
+    coord: Coordinator, thread_id: str
+) -> None:
+    """A head no saver holds (its writer died after the swap) stops blocking once stale."""
+    from agentlocks.backends import HeadStore
+
+    inner = InMemorySaver()
+    saver = guard_checkpointer(inner, coord)
+    graph = chat_graph(saver)
+    await graph.ainvoke({"messages": ["a"]}, config(thread_id))
+    # What a process killed between its swap and its write leaves behind:
+    store = coord.backend
+    assert isinstance(store, HeadStore)
+    ghost = empty_checkpoint()["id"]
+    await store.swap_head(f"l:langgraph:{thread_id}", "", None, ghost, None, 3600)
+    with pytest.raises(ConcurrentRunError):  # fresh: it may still be being written
+        await graph.ainvoke({"messages": ["b"]}, config(thread_id))
+    saver._heads.stale_after = 0.2  # type: ignore[attr-defined]
+    await asyncio.sleep(0.3)
+    await graph.ainvoke({"messages": ["c"]}, config(thread_id))
+    assert await messages(graph, thread_id) == ["a", "re:a", "c", "re:c"]
+    # A stale head that the saver does hold is a real conflict: it still stands.
+    head = await inner.aget_tuple(config(thread_id))
+    assert head is not None and head.parent_config is not None
+    await asyncio.sleep(0.3)
+    with pytest.raises(ConcurrentRunError):
+        await saver.aput(head.parent_config, empty_checkpoint(), {}, {})

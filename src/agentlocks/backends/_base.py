@@ -46,7 +46,7 @@ round trip. Records expire by themselves ``ttl`` seconds after their last swap
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -140,11 +140,14 @@ class HeadSwap:
         head: The head the record held before the call, ``""`` when it was absent. (After
             a conflict that raced the record's creation, ``""`` too: unknown.)
         token: The fencing token the record held before the call, or None.
+        age: Seconds since the record was last swapped (the server's clock), None when it
+            was absent. Not part of equality.
     """
 
     outcome: Literal["swapped", "conflict", "fenced"]
     head: str
     token: int | None
+    age: float | None = field(default=None, compare=False)
 
 
 LostCallback = Callable[[Grant], None]

@@ -26,11 +26,12 @@ _clock: Final = time.monotonic
 
 
 class _Record:
-    __slots__ = ("expires", "head", "token")
+    __slots__ = ("expires", "head", "swapped", "token")
 
-    def __init__(self, head: str, token: int | None, expires: float) -> None:
+    def __init__(self, head: str, token: int | None, swapped: float, expires: float) -> None:
         self.head = head
         self.token = token
+        self.swapped = swapped
         self.expires = expires
 
 
@@ -58,17 +59,19 @@ class HeadTable:
             record = self._records.get(key)
             if record is not None and record.expires <= now:
                 record = None
-            head = "" if record is None else record.head
-            stored = None if record is None else record.token
+            if record is None:
+                head, stored, age = "", None, None
+            else:
+                head, stored, age = record.head, record.token, now - record.swapped
             if token is not None and stored is not None and stored > token:
-                return HeadSwap("fenced", head, stored)
+                return HeadSwap("fenced", head, stored, age)
             if expected is not None and head and head != expected:
-                return HeadSwap("conflict", head, stored)
+                return HeadSwap("conflict", head, stored, age)
             kept = token if stored is None else stored if token is None else max(stored, token)
             self._records.pop(key, None)  # re-inserted at the end: the sweep order
-            self._records[key] = _Record(new, kept, now + ttl)
+            self._records[key] = _Record(new, kept, now, now + ttl)
             self._fields.setdefault(resource, set()).add(field)
-            return HeadSwap("swapped", head, stored)
+            return HeadSwap("swapped", head, stored, age)
 
     def drop(self, resource: str) -> None:
         """``HeadStore.drop_heads``, without suspending."""

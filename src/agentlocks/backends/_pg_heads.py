@@ -50,7 +50,7 @@ class PgHeads:
     ) -> HeadSwap:  # fmt: skip
         session = await self._session()
         try:
-            swapped, head, stored = await session.run(
+            swapped, head, stored, age = await session.run(
                 self._sql.swap_head, self._namespace, resource, field, expected, new, token,
                 float(ttl),
             )  # fmt: skip
@@ -61,10 +61,10 @@ class PgHeads:
             raise self._error(exc) from exc
         head = head or ""
         if swapped:
-            return HeadSwap("swapped", head, stored)
+            return HeadSwap("swapped", head, stored, age)
         if token is not None and stored is not None and stored > token:
-            return HeadSwap("fenced", head, stored)
-        return HeadSwap("conflict", head, stored)
+            return HeadSwap("fenced", head, stored, age)
+        return HeadSwap("conflict", head, stored, age)
 
     async def drop(self, resource: str) -> None:
         session = await self._session()

@@ -99,7 +99,8 @@ class Sql:
         self.bootstrap_heads = (
             f"CREATE TABLE IF NOT EXISTS {self.heads} (namespace text NOT NULL,"
             " resource text NOT NULL, field text NOT NULL, head text NOT NULL, token bigint,"
-            " expires_at timestamptz NOT NULL, PRIMARY KEY (namespace, resource, field));"
+            " swapped_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,"
+            " PRIMARY KEY (namespace, resource, field));"
             f" CREATE INDEX IF NOT EXISTS agentlocks_heads_expiry ON {self.heads} (expires_at)"
         )
 
@@ -227,25 +228,29 @@ class Sql:
         # the upsert's WHERE re-checks the row it conflicts with, so a row created by a
         # concurrent swap after ``cur`` ran is judged on its latest version too. An
         # expired row counts as absent. Returns (rows swapped, head before or NULL, token
-        # before or NULL).
+        # before or NULL, seconds since the row was last swapped or NULL).
         self.swap_head = (
             "WITH cur AS MATERIALIZED (SELECT"
             " CASE WHEN expires_at > now() THEN head ELSE '' END AS head,"
-            " CASE WHEN expires_at > now() THEN token END AS token"
+            " CASE WHEN expires_at > now() THEN token END AS token,"
+            " CASE WHEN expires_at > now()"
+            " THEN extract(epoch FROM now() - swapped_at)::float8 END AS age"
             f" FROM {self.heads} WHERE namespace = $1 AND resource = $2 AND field = $3"
             " FOR UPDATE),"
             f" ins AS (INSERT INTO {self.heads} AS t"
-            " (namespace, resource, field, head, token, expires_at)"
-            " SELECT $1, $2, $3, $5, $6::bigint, now() + make_interval(secs => $7::float8)"
+            " (namespace, resource, field, head, token, swapped_at, expires_at)"
+            " SELECT $1, $2, $3, $5, $6::bigint, now(), now() + make_interval(secs => $7::float8)"
             " FROM (SELECT count(*) FROM cur) AS c"
             " ON CONFLICT (namespace, resource, field) DO UPDATE SET head = EXCLUDED.head,"
             " token = CASE WHEN t.expires_at > now() THEN GREATEST(t.token, EXCLUDED.token)"
-            " ELSE EXCLUDED.token END, expires_at = EXCLUDED.expires_at"
+            " ELSE EXCLUDED.token END, swapped_at = EXCLUDED.swapped_at,"
+            " expires_at = EXCLUDED.expires_at"
             " WHERE t.expires_at <= now() OR (($6::bigint IS NULL OR t.token IS NULL"
             " OR t.token <= $6::bigint)"
             " AND ($4::text IS NULL OR t.head = '' OR t.head = $4::text))"
             " RETURNING 1)"
-            " SELECT (SELECT count(*) FROM ins), (SELECT head FROM cur), (SELECT token FROM cur)"
+            " SELECT (SELECT count(*) FROM ins), (SELECT head FROM cur), (SELECT token FROM cur),"
+            " (SELECT age FROM cur)"
         )
         self.drop_heads = f"DELETE FROM {self.heads} WHERE namespace = $1 AND resource = $2"
         # Expired rows, a bounded batch at a time; rows another sweep or swap holds are left.

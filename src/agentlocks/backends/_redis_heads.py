@@ -9,6 +9,7 @@ TTL, so a resource nobody writes any more leaves nothing behind.
 from __future__ import annotations
 
 import math
+from typing import Final, Literal
 
 from ._base import HeadSwap
 from ._redis_link import Link
@@ -16,7 +17,11 @@ from ._redis_scripts import HEADS, head_keys
 
 __all__ = ["drop_heads", "swap_head"]
 
-_OUTCOMES = {1: "swapped", 0: "conflict", -1: "fenced"}
+_OUTCOMES: Final[dict[int, Literal["swapped", "conflict", "fenced"]]] = {
+    1: "swapped",
+    0: "conflict",
+    -1: "fenced",
+}
 
 
 def _text(value: object) -> str:
@@ -34,9 +39,13 @@ async def swap_head(
         HEADS, head_keys(namespace, resource), "swap", field, condition, new,
         "" if token is None else token, ms,
     )  # fmt: skip
-    stored = _text(reply[2])
-    outcome = _OUTCOMES[int(reply[0])]
-    return HeadSwap(outcome, _text(reply[1]), int(stored) if stored else None)  # type: ignore[arg-type]
+    stored, age = _text(reply[2]), _text(reply[3])
+    return HeadSwap(
+        _OUTCOMES[int(reply[0])],
+        _text(reply[1]),
+        int(stored) if stored else None,
+        int(age) / 1000 if age else None,
+    )
 
 
 async def drop_heads(link: Link, namespace: str, resource: str) -> None:

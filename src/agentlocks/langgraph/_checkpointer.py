@@ -147,7 +147,9 @@ def _put(
 ) -> Any:  # fmt: skip
     plan = self._heads.plan(config, checkpoint)
     return self._heads.put_sync(
-        plan, lambda: self._inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs)
+        plan,
+        lambda: self._inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs),
+        lambda head: self._inner.get_tuple(_at(config, head)) is not None,
     )
 
 
@@ -156,9 +158,27 @@ async def _aput(
     *args: Any, **kwargs: Any,
 ) -> Any:  # fmt: skip
     plan = self._heads.plan(config, checkpoint)
+
+    async def exists(head: str) -> bool:
+        return await self._inner.aget_tuple(_at(config, head)) is not None
+
     return await self._heads.put(
-        plan, lambda: self._inner.aput(config, checkpoint, metadata, new_versions, *args, **kwargs)
+        plan,
+        lambda: self._inner.aput(config, checkpoint, metadata, new_versions, *args, **kwargs),
+        exists,
     )
+
+
+def _at(config: Config, checkpoint_id: str) -> Config:
+    """The config addressing one checkpoint of ``config``'s thread and namespace."""
+    configurable = config["configurable"]
+    return {
+        "configurable": {
+            "thread_id": configurable["thread_id"],
+            "checkpoint_ns": configurable.get("checkpoint_ns") or "",
+            "checkpoint_id": checkpoint_id,
+        }
+    }
 
 
 # ``task_path`` stays a named parameter: LangGraph passes it only to savers whose

@@ -50,6 +50,10 @@ T = TypeVar("T")
 #: but protection: the next put is accepted and tracking starts again.
 DEFAULT_HEAD_TTL: Final = 7 * 24 * 3600.0
 
+#: Seconds a conflicting head must have stood still before the saver is asked whether it
+#: exists at all (see ``Heads.stale``).
+STALE_AFTER: Final = 60.0
+
 #: Marks kept per context at most (explicit reads that were never followed by a put).
 _MAX_MARKS: Final = 256
 
@@ -158,6 +162,7 @@ class Heads:
         self.coord = coord
         self.store: HeadStore = backend
         self.ttl = float(ttl)
+        self.stale_after = STALE_AFTER
         self.loop: asyncio.AbstractEventLoop | None = None  # for synchronous calls
 
     def note_loop(self) -> None:
@@ -203,7 +208,12 @@ class Heads:
             expected = None if _take_mark((thread_id, ns, parent)) == _FORK else parent
         return PutPlan(thread_id, ns, expected, child, lease)
 
-    async def put(self, plan: PutPlan, write: Callable[[], Awaitable[T]]) -> T:
+    async def put(
+        self,
+        plan: PutPlan,
+        write: Callable[[], Awaitable[T]],
+        exists: Callable[[str], Awaitable[bool]],
+    ) -> T:
         """Swap the head, then write; a cancelled caller waits until both are settled.
 
         Hazard: the swap comes BEFORE the saver's write. Written first, a losing run's
@@ -212,10 +222,11 @@ class Heads:
         the write fails, the head is put back (best effort) so that the thread is not
         wedged on a checkpoint that does not exist. Both steps run in a task of their own
         and a cancelled caller waits for it: a put cut short between the swap and the write
-        would leave exactly that wedge.
+        would leave exactly that wedge. (A process killed there leaves it all the same: see
+        :meth:`stale`.)
         """
         self.note_loop()
-        task = asyncio.ensure_future(self._put(plan, write))
+        task = asyncio.ensure_future(self._put(plan, write, exists))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -230,17 +241,54 @@ class Heads:
                 task.exception()  # retrieved: the caller's cancellation is what propagates
             raise
 
-    async def _put(self, plan: PutPlan, write: Callable[[], Awaitable[T]]) -> T:
-        swap = plan.outcome(
-            await self.store.swap_head(
-                plan.resource, plan.field, plan.expected, plan.new, plan.token, self.ttl
-            )
+    async def _put(
+        self,
+        plan: PutPlan,
+        write: Callable[[], Awaitable[T]],
+        exists: Callable[[str], Awaitable[bool]],
+    ) -> T:
+        store, ttl = self.store, self.ttl
+        swap = await store.swap_head(
+            plan.resource, plan.field, plan.expected, plan.new, plan.token, ttl
         )
+        if self.stale(swap) and not await exists(swap.head):
+            self._warn_stale(plan, swap)
+            swap = await store.swap_head(
+                plan.resource, plan.field, swap.head, plan.new, plan.token, ttl
+            )
+        swap = plan.outcome(swap)
         try:
             return await write()
         except BaseException:
             await self._restore(plan, swap)
             raise
+
+    def stale(self, swap: HeadSwap) -> bool:
+        """Could this conflict be with a head that was never written?
+
+        A put swaps the head and then writes the saver. A process that dies between the two
+        (killed, or its backend connection lost after the swap was applied) leaves a head
+        that no saver holds, and every later put on the thread would conflict with it. So a
+        conflicting head that has not moved for ``stale_after`` seconds (far longer than
+        one saver write takes) is looked up in the saver, once: if it is not there, the put
+        replaces it (compare-and-swap from that head) instead of failing. A head written
+        by another run is always in the saver: that conflict stands.
+        """
+        return (
+            swap.outcome == "conflict"
+            and bool(swap.head)
+            and swap.age is not None
+            and swap.age >= self.stale_after
+        )
+
+    def _warn_stale(self, plan: PutPlan, swap: HeadSwap) -> None:
+        logger.warning(
+            "thread %r: head checkpoint %s (unchanged for %.0f s) is not in the saver: a put "
+            "failed half-way; replacing it",
+            plan.thread_id,
+            swap.head,
+            swap.age or 0.0,
+        )
 
     async def _restore(self, plan: PutPlan, swap: HeadSwap) -> None:
         try:
@@ -255,14 +303,17 @@ class Heads:
                 exc,
             )
 
-    def put_sync(self, plan: PutPlan, write: Callable[[], T]) -> T:
-        """``put`` for a synchronous saver call (same order and hazard)."""
-        swap = plan.outcome(
-            self.call_sync(
-                "swap_head", plan.resource, plan.field, plan.expected, plan.new, plan.token,
-                self.ttl,
+    def put_sync(self, plan: PutPlan, write: Callable[[], T], exists: Callable[[str], bool]) -> T:
+        """``put`` for a synchronous saver call (same order and hazards)."""
+        swap = self.call_sync(
+            "swap_head", plan.resource, plan.field, plan.expected, plan.new, plan.token, self.ttl
+        )
+        if self.stale(swap) and not exists(swap.head):
+            self._warn_stale(plan, swap)
+            swap = self.call_sync(
+                "swap_head", plan.resource, plan.field, swap.head, plan.new, plan.token, self.ttl
             )
-        )  # fmt: skip
+        swap = plan.outcome(swap)
         try:
             return write()
         except BaseException:
