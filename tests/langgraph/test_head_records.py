@@ -31,6 +31,19 @@ async def test_swap_compares_the_head(coord: Coordinator) -> None:
     assert await store.swap_head(R + "2", "", "", "z", None, 60) == HeadSwap("swapped", "", None)
 
 
+async def test_swap_reports_the_age_of_the_record(coord: Coordinator) -> None:
+    """A swap reports how long the record stood still (None when it was absent)."""
+    store = _store(coord)
+    assert (await store.swap_head(R, "", None, "a", None, 60)).age is None
+    await asyncio.sleep(0.2)
+    conflict = await store.swap_head(R, "", "x", "b", None, 60)
+    assert conflict.outcome == "conflict" and conflict.age is not None
+    assert 0.15 <= conflict.age < 5
+    swapped = await store.swap_head(R, "", "a", "b", None, 60)
+    assert swapped.age is not None and swapped.age >= 0.15
+    assert (await store.swap_head(R, "", "b", "c", None, 60)).age < 0.15  # type: ignore[operator]
+
+
 async def test_swap_fences_lower_tokens(coord: Coordinator) -> None:
     """A swap with a token below the record's is fenced; equal, higher or no token passes."""
     store = _store(coord)
