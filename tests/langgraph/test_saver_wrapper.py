@@ -289,3 +289,15 @@ async def test_head_never_written_is_replaced_once_stale(
     await asyncio.sleep(0.3)
     with pytest.raises(ConcurrentRunError):
         await saver.aput(head.parent_config, empty_checkpoint(), {}, {})
+
+
+@pytest.mark.postgres
+async def test_extras_of_the_saver_pass_through(thread_id: str) -> None:
+    """Attributes the wrapper lacks (setup, conn) are the wrapped saver's."""
+    async with AsyncPostgresSaver.from_conn_string(backend_url_for("postgresql")) as inner:
+        saver = guard_checkpointer(inner, agentlocks.connect())
+        await saver.setup()  # type: ignore[attr-defined]
+        assert saver.conn is inner.conn  # type: ignore[attr-defined]
+        graph = chat_graph(saver)
+        await graph.ainvoke({"messages": ["a"]}, config(thread_id))
+        assert await messages(graph, thread_id) == ["a", "re:a"]
