@@ -8,6 +8,8 @@ taken and queues behind the waiters (no barging), and the hand-off costs one loo
 
 Every method runs without suspending except the single ``await event.wait()`` in
 ``acquire``; that is the only point where cancellation can land, and it is handled there.
+
+Head records (``HeadStore``) live in ``_memory_heads.py``, bounded by their expiry.
 """
 
 from __future__ import annotations
