@@ -301,3 +301,24 @@ async def test_extras_of_the_saver_pass_through(thread_id: str) -> None:
         graph = chat_graph(saver)
         await graph.ainvoke({"messages": ["a"]}, config(thread_id))
         assert await messages(graph, thread_id) == ["a", "re:a"]
+
+
+class NoDeltaSaver(InMemorySaver):
+    """A saver relying on the base class's delta-channel history (reads by checkpoint_id)."""
+
+    get_delta_channel_history = BaseCheckpointSaver.get_delta_channel_history
+    aget_delta_channel_history = BaseCheckpointSaver.aget_delta_channel_history
+
+
+async def test_delta_history_walk_does_not_mark_forks(thread_id: str) -> None:
+    """Ancestors read by the base delta-history walk are not forks: a stale parent is refused."""
+    saver = guard_checkpointer(NoDeltaSaver(), agentlocks.connect())
+    assert not overrides(type(saver), "aget_delta_channel_history")
+    graph = chat_graph(saver)
+    await graph.ainvoke({"messages": ["a"]}, config(thread_id))
+    head = await saver.aget_tuple(config(thread_id))
+    assert head is not None and head.parent_config is not None
+    await saver.aget_delta_channel_history(config=head.config, channels=["messages"])
+    saver.get_delta_channel_history(config=head.config, channels=["messages"])
+    with pytest.raises(ConcurrentRunError):
+        await saver.aput(head.parent_config, empty_checkpoint(), {}, {})

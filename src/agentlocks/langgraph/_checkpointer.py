@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
 
@@ -108,16 +109,32 @@ class _Guarded(BaseCheckpointSaver[Any]):
 # -- the methods a wrapper class may override (only those the wrapped class overrides) ------
 
 
+# The base class's delta-channel history (run on the wrapper when the wrapped class does not
+# override it) reads ancestors by checkpoint_id through get_tuple: those reads are a walk,
+# not a run choosing where to fork, so they must not mark forks (a racing run's parent would
+# then pass unchecked). Told apart by the calling function, looked up before any await.
+_WALKS: Final = frozenset(
+    {
+        BaseCheckpointSaver.get_delta_channel_history.__code__,
+        BaseCheckpointSaver.aget_delta_channel_history.__code__,
+    }
+)
+
+
 def _get_tuple(self: _Guarded, config: Config, *args: Any, **kwargs: Any) -> Any:
+    walking = sys._getframe(1).f_code in _WALKS
     found = self._inner.get_tuple(config, *args, **kwargs)
-    self._heads.saw(config, found)
+    if not walking:
+        self._heads.saw(config, found)
     return found
 
 
 async def _aget_tuple(self: _Guarded, config: Config, *args: Any, **kwargs: Any) -> Any:
+    walking = sys._getframe(1).f_code in _WALKS
     self._heads.note_loop()
     found = await self._inner.aget_tuple(config, *args, **kwargs)
-    self._heads.saw(config, found)
+    if not walking:
+        self._heads.saw(config, found)
     return found
 
 
