@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.backends import Grant, LostCallback
+from agentlocks.backends._memory_heads import HeadTable
 from agentlocks.backends.memory import MemoryBackend
 from agentlocks.errors import BackendError
 
@@ -28,6 +29,7 @@ from agentlocks.errors import BackendError
 class _SharedState:
     entries: dict[str, Any] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
+    heads: HeadTable = field(default_factory=HeadTable)
     tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -42,6 +44,7 @@ class LossyBackend(MemoryBackend):
         state = self._shared.setdefault(settings.namespace, _SharedState())
         self._entries = state.entries
         self._generations = state.generations
+        self._heads = state.heads
         self._tokens = state.tokens
         self.on_lost = on_lost
         self.renew_calls = 0

@@ -33,19 +33,36 @@ Semantics every method must keep (the guarantees of API.md, from the backend's s
   the next waiters as part of the release itself.
 * A resource with no holders and no waiters leaves nothing that lasts.
 * Driver failures surface as ``BackendError`` with the driver error as ``__cause__``.
+
+Head records (:class:`HeadStore`, additional methods every built-in backend implements;
+``agentlocks.langgraph.guard_checkpointer`` needs them). A head record is a small string
+stored beside a lock resource under a *field* (LangGraph: the head checkpoint id of one
+``checkpoint_ns`` of the thread whose lock is the resource), plus the highest fencing token
+that moved it. ``swap_head`` compares and updates it, fence included, atomically in one
+round trip. Records expire by themselves ``ttl`` seconds after their last swap
+(guarantee 9); an expired record is absent, its token forgotten with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from agentlocks._tasks import TaskSupervisor
     from agentlocks._url import Settings
 
-__all__ = ["Backend", "FastPath", "Grant", "HolderInfo", "KeyInfo", "LostCallback"]
+__all__ = [
+    "Backend",
+    "FastPath",
+    "Grant",
+    "HeadStore",
+    "HeadSwap",
+    "HolderInfo",
+    "KeyInfo",
+    "LostCallback",
+]
 
 
 class Grant:
@@ -113,6 +130,27 @@ class KeyInfo:
         return bool(self.holders)
 
 
+@dataclass(frozen=True, slots=True)
+class HeadSwap:
+    """What ``HeadStore.swap_head`` did.
+
+    Attributes:
+        outcome: ``"swapped"`` (the record now holds the new head), ``"conflict"`` (the
+            record held another head than expected; unchanged) or ``"fenced"`` (the record
+            was moved by a greater token than the caller's; unchanged).
+        head: The head the record held before the call, ``""`` when it was absent. (After
+            a conflict that raced the record's creation, ``""`` too: unknown.)
+        token: The fencing token the record held before the call, or None.
+        age: Seconds since the record was last swapped (the server's clock), None when it
+            was absent. Not part of equality.
+    """
+
+    outcome: Literal["swapped", "conflict", "fenced"]
+    head: str
+    token: int | None
+    age: float | None = field(default=None, compare=False)
+
+
 LostCallback = Callable[[Grant], None]
 """Called by a backend, on the event loop, when it learns on its own that a grant is gone."""
 
@@ -134,6 +172,9 @@ class Backend(Protocol):
             cancellation. An in-process backend (False) promises that ``release`` never
             suspends and that grants are never lost.
         option_names: Backend-specific options accepted in the URL query or as keywords.
+
+    Additional methods: :class:`HeadStore` (``swap_head``, ``drop_heads``), which every
+    built-in backend implements and ``guard_checkpointer`` requires.
     """
 
     remote: ClassVar[bool]
@@ -200,6 +241,37 @@ class Backend(Protocol):
         Requests still waiting must fail at once with an ``AgentLocksError`` (never be
         granted, never hang); the coordinator has already marked held leases lost.
         """
+        ...
+
+
+@runtime_checkable
+class HeadStore(Protocol):
+    """Head records beside lock resources (see the module docstring). Optional for a
+    third-party backend; every built-in backend implements it.
+
+    Records are scoped by ``settings.namespace``, then by ``resource`` (a resource string
+    as for locks, which a backend may use to place the records beside the lock's own
+    state, e.g. in its Redis Cluster slot), then by ``field`` (any string). The value
+    ``""`` means "no head": a record holding it is absent.
+    """
+
+    async def swap_head(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        """Atomically compare and update one head record, fence included.
+
+        In this order: a live record whose token is greater than ``token`` (``token`` not
+        None) -> ``"fenced"``; ``expected`` not None, the record holding a head, and that
+        head not ``expected`` -> ``"conflict"`` (so an absent record satisfies every
+        expectation, and ``expected=""`` only an absent one). Otherwise the record becomes
+        ``new`` (``""`` removes the head but keeps the fence), its token the greater of
+        the stored one and ``token``, and it expires ``ttl`` seconds from now.
+        """
+        ...
+
+    async def drop_heads(self, resource: str) -> None:
+        """Remove every head record of ``resource`` (all fields), fences included."""
         ...
 
 

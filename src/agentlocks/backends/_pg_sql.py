@@ -94,6 +94,15 @@ class Sql:
             "name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (namespace, name))"
         )
         self.exists = "SELECT to_regclass($1) IS NOT NULL"
+        self.heads = prefix + "agentlocks_heads"
+        # Head records (``_pg_heads.py``): one row per (namespace, resource, field).
+        self.bootstrap_heads = (
+            f"CREATE TABLE IF NOT EXISTS {self.heads} (namespace text NOT NULL,"
+            " resource text NOT NULL, field text NOT NULL, head text NOT NULL, token bigint,"
+            " swapped_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,"
+            " PRIMARY KEY (namespace, resource, field));"
+            f" CREATE INDEX IF NOT EXISTS agentlocks_heads_expiry ON {self.heads} (expires_at)"
+        )
 
         # Fast path ($1 gate, $2 hold): pass the gate shared (it is held exclusively, or
         # waited for, only by queued requests, so this fails while anyone queues), take the
@@ -212,6 +221,42 @@ class Sql:
             "WITH d AS MATERIALIZED (SELECT count(pg_advisory_unlock_shared(k)) AS n"
             " FROM unnest($2::bigint[]) AS k)"
             " SELECT count(pg_try_advisory_lock_shared(k)) FROM d, unnest($1::bigint[]) AS k"
+        )
+        # Compare and update one head record ($1 namespace, $2 resource, $3 field,
+        # $4 expected head or NULL for any, $5 new head, $6 token or NULL, $7 ttl seconds).
+        # ``cur`` locks the live row first (the INSERT reads it, which forces the order);
+        # the upsert's WHERE re-checks the row it conflicts with, so a row created by a
+        # concurrent swap after ``cur`` ran is judged on its latest version too. An
+        # expired row counts as absent. Returns (rows swapped, head before or NULL, token
+        # before or NULL, seconds since the row was last swapped or NULL).
+        self.swap_head = (
+            "WITH cur AS MATERIALIZED (SELECT"
+            " CASE WHEN expires_at > now() THEN head ELSE '' END AS head,"
+            " CASE WHEN expires_at > now() THEN token END AS token,"
+            " CASE WHEN expires_at > now()"
+            " THEN extract(epoch FROM now() - swapped_at)::float8 END AS age"
+            f" FROM {self.heads} WHERE namespace = $1 AND resource = $2 AND field = $3"
+            " FOR UPDATE),"
+            f" ins AS (INSERT INTO {self.heads} AS t"
+            " (namespace, resource, field, head, token, swapped_at, expires_at)"
+            " SELECT $1, $2, $3, $5, $6::bigint, now(), now() + make_interval(secs => $7::float8)"
+            " FROM (SELECT count(*) FROM cur) AS c"
+            " ON CONFLICT (namespace, resource, field) DO UPDATE SET head = EXCLUDED.head,"
+            " token = CASE WHEN t.expires_at > now() THEN GREATEST(t.token, EXCLUDED.token)"
+            " ELSE EXCLUDED.token END, swapped_at = EXCLUDED.swapped_at,"
+            " expires_at = EXCLUDED.expires_at"
+            " WHERE t.expires_at <= now() OR (($6::bigint IS NULL OR t.token IS NULL"
+            " OR t.token <= $6::bigint)"
+            " AND ($4::text IS NULL OR t.head = '' OR t.head = $4::text))"
+            " RETURNING 1)"
+            " SELECT (SELECT count(*) FROM ins), (SELECT head FROM cur), (SELECT token FROM cur),"
+            " (SELECT age FROM cur)"
+        )
+        self.drop_heads = f"DELETE FROM {self.heads} WHERE namespace = $1 AND resource = $2"
+        # Expired rows, a bounded batch at a time; rows another sweep or swap holds are left.
+        self.sweep_heads = (
+            f"DELETE FROM {self.heads} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {self.heads}"
+            " WHERE expires_at < now() LIMIT 500 FOR UPDATE SKIP LOCKED))"
         )
         self.read_generation = (
             f"SELECT generation FROM {self.table} WHERE namespace = $1 AND name = $2"

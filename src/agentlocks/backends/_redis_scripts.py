@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError
 __all__ = [
     "ACQUIRE",
     "GENERATION",
+    "HEADS",
     "INBOX_PREFIX",
     "INSPECT",
     "REFRESH",
@@ -35,6 +36,7 @@ __all__ = [
     "LockKeys",
     "Script",
     "generation_key",
+    "head_keys",
     "lock_keys",
     "run_batch",
     "run_script",
@@ -76,6 +78,7 @@ REFRESH: Final = _load("refresh")
 VERIFY: Final = _load("verify")
 INSPECT: Final = _load("inspect")
 GENERATION: Final = _load("generation")
+HEADS: Final = _load("heads")
 
 
 def _tag(namespace: str, name: str) -> str:
@@ -98,6 +101,15 @@ def lock_keys(namespace: str, resource: str) -> LockKeys:
 def generation_key(namespace: str, name: str) -> bytes:
     """The key holding the published generation of registry ``name``."""
     return f"agentlocks:{{{_tag(namespace, 'g:' + name)}}}:gen".encode()
+
+
+def head_keys(namespace: str, resource: str) -> tuple[bytes, bytes]:
+    """The keys of the head records beside ``resource``'s lock (``lua/heads.lua``).
+
+    Same hash tag as the lock's own keys: one cluster slot for the lock and its heads.
+    """
+    base = lock_keys(namespace, resource)[0][:-1]
+    return (base + b"hd", base + b"hx")
 
 
 Execute = Callable[..., Awaitable[Any]]

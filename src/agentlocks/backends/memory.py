@@ -8,6 +8,8 @@ taken and queues behind the waiters (no barging), and the hand-off costs one loo
 
 Every method runs without suspending except the single ``await event.wait()`` in
 ``acquire``; that is the only point where cancellation can land, and it is handled there.
+
+Head records (``HeadStore``) live in ``_memory_heads.py``, bounded by their expiry.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import AgentLocksError, Busy, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HeadSwap, HolderInfo, LostCallback, describe
+from ._memory_heads import HeadTable
 
 __all__ = ["MemoryBackend"]
 
@@ -85,6 +88,7 @@ class MemoryBackend:
         # This backend's queued requests, so aclose() can fail them (slow path only).
         self._waiting: dict[_Waiter, str] = {}
         self._generations: dict[str, int] = {}
+        self._heads = HeadTable()
         self._tokens = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -240,6 +244,26 @@ class MemoryBackend:
         current = max(self._generations.get(name, 0), generation)
         self._generations[name] = current
         return current
+
+    async def swap_head(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        return self._heads.swap(resource, field, expected, new, token, ttl)
+
+    def swap_head_nowait(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        """``swap_head`` without suspending (for a synchronous checkpoint ``put``)."""
+        return self._heads.swap(resource, field, expected, new, token, ttl)
+
+    async def drop_heads(self, resource: str) -> None:
+        self._heads.drop(resource)
+
+    def drop_heads_nowait(self, resource: str) -> None:
+        """``drop_heads`` without suspending."""
+        self._heads.drop(resource)
 
     async def aclose(self) -> None:
         # Waiting requests fail at once (nobody would ever hand them a grant); they leave

@@ -112,9 +112,10 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import COMMON_OPTIONS, Settings
 from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HeadSwap, HolderInfo, LostCallback, describe
 from ._pg_connection import Session, driver_dsn
 from ._pg_grants import DRIVER_ERRORS, Grants
+from ._pg_heads import PgHeads
 from ._pg_liveness import Liveness
 from ._pg_observe import foreign_waiting, granted_unrecorded, snapshot
 from ._pg_options import OPTION_NAMES, parse_options
@@ -175,6 +176,7 @@ class PostgresBackend:
         )
         self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle)
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
+        self._heads = PgHeads(self._sessions, self._sql, self._namespace, self._error)
 
     def __repr__(self) -> str:
         return (
@@ -402,6 +404,17 @@ class PostgresBackend:
         except DRIVER_ERRORS as exc:
             raise self._error(exc) from exc
         return int(row[0])
+
+    # -- head records (``_pg_heads.py``) ------------------------------------------------------
+
+    async def swap_head(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        return await self._heads.swap(resource, field, expected, new, token, ttl)
+
+    async def drop_heads(self, resource: str) -> None:
+        await self._heads.drop(resource)
 
     async def aclose(self) -> None:
         await self._counts.aclose()

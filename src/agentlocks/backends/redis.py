@@ -60,7 +60,8 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, Busy, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HeadSwap, HolderInfo, LostCallback, describe
+from ._redis_heads import drop_heads, swap_head
 from ._redis_link import OPTION_NAMES, Link
 from ._redis_scripts import (
     ACQUIRE,
@@ -255,6 +256,17 @@ class RedisBackend:
     async def publish_generation(self, name: str, generation: int) -> int:
         key = generation_key(self._namespace, name)
         return int(await self._link.run(GENERATION, (key,), generation, GENERATION_KEEP_MS))
+
+    async def swap_head(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap:  # fmt: skip
+        return await swap_head(
+            self._link, self._namespace, resource, field, expected, new, token, ttl
+        )
+
+    async def drop_heads(self, resource: str) -> None:
+        await drop_heads(self._link, self._namespace, resource)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -1,0 +1,370 @@
+"""The per-thread head record that lets ``guard_checkpointer`` refuse lost updates.
+
+A LangGraph run reads its thread's head checkpoint once and writes a chain of children
+(``LANGGRAPH-NOTES.md``). Two runs that read the same head both write a child of it; the
+saver keeps both and calls the later one "latest", and the other run's work is silently
+gone. So the coordinator's backend keeps, per ``(thread, checkpoint_ns)``, the id of the
+checkpoint the wrapper last let through (``HeadStore`` in ``backends/_base.py``), and
+every ``put`` compare-and-swaps it, parent -> child, with the run's fencing token, in one
+round trip. What a put expects:
+
+* it has a parent: the parent must be the head (a run that read the head and wrote on);
+* its parent was read by an explicit ``checkpoint_id`` in this context (time travel,
+  ``update_state`` on an old checkpoint): nothing, it is an intentional fork;
+* it has no parent, and this context read the thread and found nothing: the record must
+  be absent (two first runs on a new thread race too);
+* it has no parent otherwise: nothing, it is a fork (a saver's user writing a fresh root).
+
+A record absent (expired, or the thread predates the wrapper) accepts a put and starts
+tracking. The marks of "read explicitly" and "read nothing" live in a context variable
+holding a mutable dict: LangGraph runs the puts of a run in copies of the context of its
+read (``copy_context()`` in ``pregel/_executor.py``), and copies share the dict, so the
+first put that uses a mark consumes it for every copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Final, TypeVar
+
+import anyio
+
+from agentlocks._lease import Lease
+from agentlocks.backends._base import HeadStore, HeadSwap
+from agentlocks.coordinator import Coordinator
+from agentlocks.errors import ConcurrentRunError, ConfigError, LeaseLost
+
+from ._context import lease_for
+
+__all__ = ["DEFAULT_HEAD_TTL", "Heads", "PutPlan", "thread_key"]
+
+logger = logging.getLogger("agentlocks")
+
+T = TypeVar("T")
+
+#: Seconds a head record lives after its last put. A record that expires costs nothing
+#: but protection: the next put is accepted and tracking starts again.
+DEFAULT_HEAD_TTL: Final = 7 * 24 * 3600.0
+
+#: Seconds a conflicting head must have stood still before the saver is asked whether it
+#: exists at all (see ``Heads.stale``).
+STALE_AFTER: Final = 60.0
+
+#: Marks kept per context at most (explicit reads that were never followed by a put).
+_MAX_MARKS: Final = 256
+
+_FORK: Final = "fork"  # the put's parent was read by checkpoint_id: no precondition
+_EMPTY: Final = "empty"  # the read found no checkpoint: a parentless put expects absent
+
+# (thread, ns, checkpoint id or "") -> mark; see the module docstring.
+_marks: ContextVar[dict[tuple[str, str, str], str] | None] = ContextVar(
+    "agentlocks_checkpoint_reads", default=None
+)
+
+
+def thread_key(thread_id: object) -> str:
+    """The lock key of a LangGraph thread (``guard_graph`` takes this lock)."""
+    return f"langgraph:{thread_id}"
+
+
+def _mark(key: tuple[str, str, str], kind: str) -> None:
+    marks = _marks.get()
+    if marks is None:
+        marks = {}
+        _marks.set(marks)
+    marks.pop(key, None)
+    marks[key] = kind
+    if len(marks) > _MAX_MARKS:
+        del marks[next(iter(marks))]
+
+
+def _take_mark(key: tuple[str, str, str]) -> str | None:
+    marks = _marks.get()
+    return None if marks is None else marks.pop(key, None)
+
+
+def _where(config: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    configurable = config.get("configurable") or {}
+    thread_id = configurable.get("thread_id")
+    if thread_id is None:
+        raise ValueError("a checkpoint config needs configurable.thread_id")
+    ns = configurable.get("checkpoint_ns") or ""
+    return str(thread_id), str(ns), configurable.get("checkpoint_id") or None
+
+
+def check_lease(config: Mapping[str, Any] | None, thread_id: object = None) -> Lease | None:
+    """Return the run's lease for this thread, refusing the write if it was lost."""
+    lease = lease_for(config, thread_id)
+    if lease is not None and lease.lost:
+        raise LeaseLost(
+            f"the lease on {lease.key!r} was lost: this run may no longer write its thread",
+            key=lease.key,
+        )
+    return lease
+
+
+class PutPlan:
+    """One put's compare-and-swap: where, what it expects, the child, and the fence."""
+
+    __slots__ = ("expected", "field", "lease", "new", "resource", "thread_id")
+
+    def __init__(
+        self, thread_id: str, field: str, expected: str | None, new: str, lease: Lease | None
+    ) -> None:
+        self.thread_id = thread_id
+        self.resource = "l:" + thread_key(thread_id)
+        self.field = field
+        self.expected = expected
+        self.new = new
+        self.lease = lease
+
+    @property
+    def token(self) -> int | None:
+        return None if self.lease is None else self.lease.token
+
+    def outcome(self, swap: HeadSwap) -> HeadSwap:
+        """Raise the error a refused swap means; return a successful one."""
+        if swap.outcome == "swapped":
+            return swap
+        where = f"thread {self.thread_id!r}" + (f" (namespace {self.field!r})" * bool(self.field))
+        if swap.outcome == "fenced":
+            key = thread_key(self.thread_id)
+            raise LeaseLost(
+                f"checkpoint {self.new} of {where} was refused: a run holding a newer lease "
+                f"(token {swap.token} > {self.token}) has written the thread",
+                key=key,
+            )
+        head = swap.head or "none"
+        raise ConcurrentRunError(
+            f"checkpoint {self.new} of {where} was refused: its parent "
+            f"{self.expected or 'none'} is no longer the thread's head ({head}); another "
+            "run wrote the thread since this run read it",
+            key=thread_key(self.thread_id),
+        )
+
+
+class Heads:
+    """The state a guarded saver and its ``with_allowlist`` clones share."""
+
+    def __init__(self, coord: Coordinator, ttl: float) -> None:
+        backend = coord.backend
+        if not isinstance(backend, HeadStore):
+            raise ConfigError(
+                f"{type(backend).__name__} keeps no head records (swap_head, drop_heads): "
+                "guard_checkpointer needs a backend implementing agentlocks.backends.HeadStore"
+            )
+        if not ttl > 0:
+            raise ConfigError(f"head_ttl must be > 0 seconds, got {ttl!r}")
+        self.coord = coord
+        self.store: HeadStore = backend
+        self.ttl = float(ttl)
+        self.stale_after = STALE_AFTER
+        self.loop: asyncio.AbstractEventLoop | None = None  # for synchronous calls
+
+    def note_loop(self) -> None:
+        """Remember the event loop the saver is used on (for synchronous calls)."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def saw(self, config: Mapping[str, Any], found: object) -> None:
+        """Record what a read of ``config`` found (see the module docstring)."""
+        configurable = config.get("configurable") or {}
+        thread_id = configurable.get("thread_id")
+        if thread_id is None:
+            return
+        ns = str(configurable.get("checkpoint_ns") or "")
+        checkpoint_id = configurable.get("checkpoint_id")
+        if checkpoint_id:
+            if found is not None:
+                _mark((str(thread_id), ns, str(checkpoint_id)), _FORK)
+        elif found is None:
+            _mark((str(thread_id), ns, ""), _EMPTY)
+
+    # -- puts ------------------------------------------------------------------------------
+
+    def plan(self, config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> PutPlan:
+        """Check the put before any I/O and decide what the head must be."""
+        thread_id, ns, parent = _where(config)
+        lease = check_lease(config, thread_id)
+        child = str(checkpoint["id"])
+        if parent is None:
+            expected = "" if _take_mark((thread_id, ns, "")) == _EMPTY else None
+        else:
+            if child <= parent:
+                raise ConcurrentRunError(
+                    f"checkpoint {child} of thread {thread_id!r} sorts at or below its parent "
+                    f"{parent}: the clocks of the hosts writing this thread disagree (the "
+                    "checkpoint id is a timestamp). The saver would keep the parent as the "
+                    "thread's latest checkpoint and this one would be invisible, so it was "
+                    "refused; synchronise the hosts' clocks (NTP)",
+                    key=thread_key(thread_id),
+                )
+            expected = None if _take_mark((thread_id, ns, parent)) == _FORK else parent
+        return PutPlan(thread_id, ns, expected, child, lease)
+
+    async def put(
+        self,
+        plan: PutPlan,
+        write: Callable[[], Awaitable[T]],
+        exists: Callable[[str], Awaitable[bool]],
+    ) -> T:
+        """Swap the head, then write; a cancelled caller waits until both are settled.
+
+        Hazard: the swap comes BEFORE the saver's write. Written first, a losing run's
+        checkpoint would already be in the saver, and could become its "latest" (the
+        newest id) before the swap refused it. So the order is swap, then write; and if
+        the write fails, the head is put back (best effort) so that the thread is not
+        wedged on a checkpoint that does not exist. Both steps run in a task of their own
+        and a cancelled caller waits for it: a put cut short between the swap and the write
+        would leave exactly that wedge. (A process killed there leaves it all the same: see
+        :meth:`stale`.)
+        """
+        self.note_loop()
+        task = asyncio.ensure_future(self._put(plan, write, exists))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                with anyio.CancelScope(shield=True):
+                    while not task.done():
+                        # A native task.cancel() is not stopped by anyio's shield: a
+                        # repeat is ignored here, the first is raised once the put settled.
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait((task,))
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller's cancellation is what propagates
+            raise
+
+    async def _put(
+        self,
+        plan: PutPlan,
+        write: Callable[[], Awaitable[T]],
+        exists: Callable[[str], Awaitable[bool]],
+    ) -> T:
+        store, ttl = self.store, self.ttl
+        swap = await store.swap_head(
+            plan.resource, plan.field, plan.expected, plan.new, plan.token, ttl
+        )
+        if self.stale(swap) and not await exists(swap.head):
+            self._warn_stale(plan, swap)
+            swap = await store.swap_head(
+                plan.resource, plan.field, swap.head, plan.new, plan.token, ttl
+            )
+        swap = plan.outcome(swap)
+        try:
+            return await write()
+        except BaseException:
+            await self._restore(plan, swap)
+            raise
+
+    def stale(self, swap: HeadSwap) -> bool:
+        """Could this conflict be with a head that was never written?
+
+        A put swaps the head and then writes the saver. A process that dies between the two
+        (killed, or its backend connection lost after the swap was applied) leaves a head
+        that no saver holds, and every later put on the thread would conflict with it. So a
+        conflicting head that has not moved for ``stale_after`` seconds (far longer than
+        one saver write takes) is looked up in the saver, once: if it is not there, the put
+        replaces it (compare-and-swap from that head) instead of failing. A head written
+        by another run is always in the saver: that conflict stands.
+        """
+        return (
+            swap.outcome == "conflict"
+            and bool(swap.head)
+            and swap.age is not None
+            and swap.age >= self.stale_after
+        )
+
+    def _warn_stale(self, plan: PutPlan, swap: HeadSwap) -> None:
+        logger.warning(
+            "thread %r: head checkpoint %s (unchanged for %.0f s) is not in the saver: a put "
+            "failed half-way; replacing it",
+            plan.thread_id,
+            swap.head,
+            swap.age or 0.0,
+        )
+
+    async def _restore(self, plan: PutPlan, swap: HeadSwap) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.swap_head(
+                    plan.resource, plan.field, plan.new, swap.head, plan.token, self.ttl
+                )
+        except Exception as exc:  # best effort: the record expires by itself
+            logger.warning(
+                "could not put back the head of thread %r after a failed put: %s",
+                plan.thread_id,
+                exc,
+            )
+
+    def put_sync(self, plan: PutPlan, write: Callable[[], T], exists: Callable[[str], bool]) -> T:
+        """``put`` for a synchronous saver call (same order and hazards)."""
+        swap = self.call_sync(
+            "swap_head", plan.resource, plan.field, plan.expected, plan.new, plan.token, self.ttl
+        )
+        if self.stale(swap) and not exists(swap.head):
+            self._warn_stale(plan, swap)
+            swap = self.call_sync(
+                "swap_head", plan.resource, plan.field, swap.head, plan.new, plan.token, self.ttl
+            )
+        swap = plan.outcome(swap)
+        try:
+            return write()
+        except BaseException:
+            try:
+                self.call_sync(
+                    "swap_head", plan.resource, plan.field, plan.new, swap.head, plan.token,
+                    self.ttl,
+                )  # fmt: skip
+            except Exception as exc:
+                logger.warning("could not put back the head of thread %r: %s", plan.thread_id, exc)
+            raise
+
+    # -- deletes ---------------------------------------------------------------------------
+
+    async def drop(self, thread_ids: set[str]) -> None:
+        """Forget the heads of these threads (their checkpoints were deleted or replaced)."""
+        for thread_id in thread_ids:
+            await self.store.drop_heads("l:" + thread_key(thread_id))
+
+    def drop_sync(self, thread_ids: set[str]) -> None:
+        """``drop`` for a synchronous saver call."""
+        for thread_id in thread_ids:
+            self.call_sync("drop_heads", "l:" + thread_key(thread_id))
+
+    # -- synchronous calls -----------------------------------------------------------------
+
+    def call_sync(self, method: str, *args: Any) -> Any:
+        """Call a ``HeadStore`` method from synchronous code.
+
+        An in-process backend offers ``<method>_nowait``. A remote backend's connections
+        belong to the event loop the guarded saver was first used on, so a call from
+        another thread runs there; from the loop's own thread it cannot (it would block the
+        loop it waits for), and is refused with an error that says what to do instead.
+        """
+        nowait = getattr(self.store, method + "_nowait", None)
+        if nowait is not None:
+            return nowait(*args)
+        loop = self.loop
+        if loop is not None and loop.is_running() and not _on_loop_thread(loop):
+            coro = getattr(self.store, method)(*args)
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        raise RuntimeError(
+            f"guard_checkpointer on {self.coord!r}: synchronous checkpoint writes need an "
+            "in-process coordinator (memory://) or a call from a thread other than the "
+            "event loop's, after the saver was first used there; use the async API "
+            "(ainvoke, astream, aupdate_state)"
+        )
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread
+        return False
