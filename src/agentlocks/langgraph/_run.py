@@ -281,6 +281,8 @@ class Guard:
                 ) from exc
         elif self.on_busy == "interrupt" and not for_update:
             lease = await self._take_interrupting(thread_id, key)
+        elif self.timeout is None and self.max_waiting is None:
+            lease = await self.coord.acquire(key)  # no options: the core's hot path
         else:
             lease = await self.coord.acquire(
                 key, timeout=self.timeout, max_waiting=self.max_waiting
