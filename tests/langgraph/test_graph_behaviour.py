@@ -233,3 +233,72 @@ async def test_sync_entry_points_are_refused(memory_coord: Coordinator, thread_i
     with pytest.raises(RuntimeError, match="asyncio-only"):
         graph.update_state(cfg(thread_id), {"messages": []})
     assert await messages_of(graph, thread_id) == []
+
+
+async def test_reentry_on_another_thread_takes_that_threads_lock(
+    memory_coord: Coordinator,
+) -> None:
+    """From inside a run on thread "x:1", a call on thread "1" is not mistaken for re-entry."""
+    seen: list[bool] = []
+
+    async def call_other(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        async def probe(inner: MessagesState) -> dict[str, list[BaseMessage]]:
+            seen.append(await is_held(memory_coord, "1"))
+            return {"messages": [AIMessage("probed")]}
+
+        builder = StateGraph(MessagesState)
+        builder.add_node("probe", probe)
+        builder.add_edge(START, "probe")
+        other = guard_graph(builder.compile(checkpointer=InMemorySaver()), memory_coord)
+        await other.ainvoke(user(1), cfg("1"))
+        return {"messages": [AIMessage("called")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("call_other", call_other)
+    builder.add_edge(START, "call_other")
+    graph = guard_graph(builder.compile(checkpointer=InMemorySaver()), memory_coord)
+    await graph.ainvoke(user(0), cfg("x:1"))
+    assert seen == [True]
+
+
+async def test_abulk_update_state_and_astream_reject(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """abulk_update_state waits like aupdate_state; astream on a busy thread rejects too."""
+    from langgraph.types import StateUpdate
+
+    graph = guard_graph(chat_graph(InMemorySaver(), delay=SLOW), memory_coord)
+    run = asyncio.create_task(graph.ainvoke(user(0), cfg(thread_id)))
+    await until_held(memory_coord, thread_id)
+    update = asyncio.create_task(
+        graph.abulk_update_state(
+            cfg(thread_id), [[StateUpdate({"messages": [HumanMessage("bulk", id="bulk")]})]]
+        )
+    )
+    await asyncio.sleep(0.1)
+    assert not update.done()
+    rejecting = guard_graph(chat_graph(InMemorySaver()), memory_coord, on_busy="reject")
+    with pytest.raises(ThreadBusy):
+        async for _ in rejecting.astream(user(1), cfg(thread_id)):
+            pass
+    await asyncio.gather(run, update)
+    assert [m.content for m in await messages_of(graph, thread_id)][-1] == "bulk"
+
+
+async def test_acquire_thread_holds_a_run_slot_until_the_stream_ends(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """With max_concurrent_runs, acquire_thread also takes a slot; stream_with gives it back."""
+    graph = guard_graph(
+        chat_graph(InMemorySaver()), memory_coord, max_concurrent_runs=1, timeout=0.1
+    )
+    lease = await graph.acquire_thread(thread_id)
+    with pytest.raises(AcquireTimeout):  # the only slot is taken, by the acquired thread
+        await graph.ainvoke(user(1), cfg("other-thread"))
+    assert not await is_held(memory_coord, "other-thread")  # its thread lock was let go
+    async for _ in graph.stream_with(lease, user(0), cfg(thread_id)):
+        pass
+    await graph.ainvoke(user(1), cfg("other-thread"))
+    spare = await graph.acquire_thread(thread_id)
+    await graph.release_thread(spare)
+    assert not await is_held(memory_coord, thread_id)

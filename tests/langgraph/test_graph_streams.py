@@ -82,6 +82,21 @@ async def test_astream_events_v2_holds_until_closed(coord: Coordinator, thread_i
     assert "on_chain_end" in names and not await is_held(coord, other)
 
 
+@pytest.mark.filterwarnings("ignore:astream_events version='v1' is deprecated")
+async def test_astream_events_v1_holds_until_closed(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """astream_events (v1, deprecated upstream) holds the lock too, until closed."""
+    graph = guarded_agent(memory_coord)
+    events = graph.astream_events(user(0), cfg(thread_id), version="v1")
+    async for event in events:
+        if event["event"] == "on_chat_model_end":
+            assert await is_held(memory_coord, thread_id)
+            break
+    await events.aclose()
+    await until_held(memory_coord, thread_id, held=False)
+
+
 @pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
 async def test_astream_events_v3_frees_on_abort_and_output(
     coord: Coordinator, thread_id: str

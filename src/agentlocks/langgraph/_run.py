@@ -92,7 +92,9 @@ def is_nested(configurable: Mapping[str, Any], thread_id: object) -> bool:
     """
     if _TASK_ID in configurable:
         return True
-    return lease_for({"configurable": configurable}, thread_id) is not None
+    # The exact key, not lease_for's suffix match: thread "x:1" must not pass for "1".
+    lease = lease_for({"configurable": configurable}, thread_id)
+    return lease is not None and lease.key == thread_key(thread_id)
 
 
 class LinkedControl(RunControl):
