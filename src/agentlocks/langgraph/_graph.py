@@ -271,6 +271,30 @@ def guard_graph(
         max_concurrent_runs: Cluster-wide cap on guarded runs, taken after the thread lock.
         drain_timeout: ``"interrupt"`` only: seconds a running node may finish in.
 
+    What callers see:
+
+    * A run waits for (or is refused) its thread before it reads any state; the lock is
+      ``f"langgraph:{thread_id}"``, held until the run ends: for a stream, until it is
+      exhausted, fails, is closed (``aclose()``, a v3 ``abort()``) or cancelled. A stream
+      never iterated never takes the lock. A stream closed mid-run leaves the thread as
+      LangGraph leaves it (possibly with a tool call the model asked for and no tool ran).
+    * Cancellation (a client disconnect) reaches LangGraph once and the lock is freed only
+      after LangGraph has unwound and flushed the run's writes, so the next run reads them.
+    * A subgraph call, or a node re-entering the same thread, passes through (it is part of
+      the run that holds the lock). A run waiting in ``interrupt()`` for a human holds
+      nothing; the resume takes the lock again.
+    * ``aupdate_state`` / ``abulk_update_state`` wait for a running run (``"reject"``
+      raises ``ThreadBusy``); they never interrupt one.
+    * With ``"interrupt"``, the stopped run raises ``langgraph.errors.GraphDrained`` (its
+      checkpoint saved; a tool call left unanswered is closed with a ``ToolMessage`` first);
+      its ``RunControl`` is the caller's ``control=`` if one was passed.
+    * ``abatch`` runs each item with its own lock and ``RunControl`` (a ``control=`` given
+      to ``abatch`` drains every item, and draining one item drains only that one).
+    * Sync ``invoke``/``stream``/``batch``/``update_state`` raise ``RuntimeError``: the lock
+      is async-only (nested sync calls inside a guarded run still pass through).
+    * A checkpointer lent through ``config["configurable"]["__pregel_checkpointer"]``
+      (as servers do) bypasses the graph's own: a ``RuntimeWarning`` says so, once.
+
     Raises:
         ConfigError: A bad option (before any I/O).
 
