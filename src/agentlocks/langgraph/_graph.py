@@ -27,8 +27,9 @@ from agentlocks.coordinator import Coordinator
 from agentlocks.errors import ConfigError
 
 from ._context import current_lease
+from ._controls import PARENT_CONTROL_KEY
 from ._holding import GuardedRun
-from ._run import PARENT_CONTROL_KEY, Guard, Held, OnBusy, is_nested, with_lease
+from ._run import Guard, Held, OnBusy, is_nested, with_lease
 
 __all__ = ["GuardedGraph", "guard_graph"]
 

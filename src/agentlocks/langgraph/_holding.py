@@ -24,15 +24,8 @@ import anyio
 from langgraph.errors import GraphDrained
 
 from agentlocks.langgraph._context import current_lease
-from agentlocks.langgraph._run import (
-    Guard,
-    Held,
-    Relay,
-    drain_module,
-    release_after,
-    run_control,
-    with_lease,
-)
+from agentlocks.langgraph._controls import Relay, drain_module, run_control
+from agentlocks.langgraph._run import Guard, Held, release_after, with_lease
 
 if TYPE_CHECKING:
     from langgraph.pregel import Pregel
