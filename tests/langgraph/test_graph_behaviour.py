@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -13,7 +15,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import RunControl, Runtime
 from langgraph.types import Command, interrupt
 
-from agentlocks import AcquireTimeout, Coordinator, QueueFull, ThreadBusy
+from agentlocks import AcquireTimeout, ConfigError, Coordinator, QueueFull, ThreadBusy
 from agentlocks.langgraph import GuardedGraph, guard_graph
 from tests.langgraph._graphs import chat_graph, user
 from tests.langgraph.test_graph import cfg, messages_of
@@ -302,3 +304,40 @@ async def test_acquire_thread_holds_a_run_slot_until_the_stream_ends(
     spare = await graph.acquire_thread(thread_id)
     await graph.release_thread(spare)
     assert not await is_held(memory_coord, thread_id)
+
+
+async def test_bad_options_and_leases_are_refused(memory_coord: Coordinator) -> None:
+    """Bad options are ConfigError before any I/O; stream_with wants its thread's held lease."""
+    compiled = chat_graph(InMemorySaver())
+    for options in (
+        {"on_busy": "rollback"},
+        {"timeout": -1},
+        {"max_concurrent_runs": 0},
+        {"max_waiting": -1},
+        {"drain_timeout": -1},
+    ):
+        with pytest.raises(ConfigError):
+            guard_graph(compiled, memory_coord, **options)
+    with pytest.raises(ConfigError, match="compiled LangGraph graph"):
+        guard_graph(object(), memory_coord)  # type: ignore[arg-type]
+    graph = guard_graph(compiled, memory_coord)
+    with pytest.raises(ConfigError, match="already guarded"):
+        guard_graph(graph, memory_coord)
+    lease = await graph.acquire_thread("a")
+    with pytest.raises(ValueError, match="held lease of the config's thread 'b'"):
+        graph.stream_with(lease, user(0), cfg("b"))
+    await graph.release_thread(lease)
+    with pytest.raises(ValueError, match="held lease"):
+        graph.stream_with(lease, user(0), cfg("a"))
+
+
+def test_missing_langgraph_is_an_actionable_config_error() -> None:
+    """Without LangGraph, importing agentlocks.langgraph names the extra to install."""
+    code = (
+        "import sys; sys.modules['langgraph'] = None\n"
+        "try:\n    import agentlocks.langgraph\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ConfigError ")
+    assert "pip install 'agentlocks[langgraph]'" in out.stdout

@@ -29,7 +29,7 @@ from agentlocks.errors import ConfigError
 from ._context import current_lease
 from ._controls import PARENT_CONTROL_KEY
 from ._holding import GuardedRun
-from ._run import Guard, Held, OnBusy, is_nested, with_lease
+from ._run import Guard, Held, OnBusy, is_nested, thread_key, with_lease
 
 __all__ = ["GuardedGraph", "guard_graph"]
 
@@ -157,6 +157,12 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
         """
         from ._streams import LeasedStream, ndjson
 
+        thread_id = ensure_config(self.config, config)["configurable"].get("thread_id")
+        if lease.released or lease.key != thread_key(thread_id):
+            raise ValueError(
+                f"stream_with needs the held lease of the config's thread {thread_id!r} "
+                f"(from acquire_thread), got {lease!r}"
+            )
         slot = self._agentlocks_guard.slots.pop(lease, None)
         held = Held(lease, slot)
         return LeasedStream(
