@@ -121,7 +121,7 @@ async def test_astream_events_v3_frees_on_abort_and_output(
 
 
 async def test_stream_with_frees_however_it_ends(coord: Coordinator, thread_id: str) -> None:
-    """stream_with's body frees the lease when exhausted, closed or dropped before starting."""
+    """stream_with's body frees the lease when exhausted, closed, or dropped (started or not)."""
     graph = guarded_agent(coord)
     body = graph.stream_with(await graph.acquire_thread(thread_id), user(0), cfg(thread_id))
     assert await is_held(coord, thread_id)
@@ -132,6 +132,15 @@ async def test_stream_with_frees_however_it_ends(coord: Coordinator, thread_id: 
     del body  # dropped without a close: the finaliser gives the lease back
     gc.collect()
     await until_held(coord, thread_id, held=False)
+
+    # Left suspended mid-stream and dropped (what Starlette does on ASGI >= 2.4 servers).
+    other = f"{thread_id}-2"
+    body = graph.stream_with(await graph.acquire_thread(other), user(9), cfg(other))
+    await anext(body)
+    assert await is_held(coord, other)
+    del body
+    gc.collect()
+    await until_held(coord, other, held=False)
 
     lease = await graph.acquire_thread(thread_id)
     body = graph.stream_with(lease, user(2), cfg(thread_id), stream_mode="updates")
