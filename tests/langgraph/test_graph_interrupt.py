@@ -87,8 +87,7 @@ def interrupting(graph: Any, coord: Coordinator, signals: LocalSignals, **option
 async def test_interrupt_drains_at_a_boundary_and_closes_dangling_calls(
     memory_coord: Coordinator, thread_id: str, signals: LocalSignals
 ) -> None:
-    """The running run stops at its next step boundary, raising GraphDrained, with its tool
-    call closed; the newer run then runs its whole turn and the thread stays usable."""
+    """The running run drains at a boundary, its tool call closed; the newer run runs whole."""
     graph = interrupting(agent_graph(InMemorySaver()), memory_coord, signals)
     first = asyncio.create_task(graph.ainvoke(user(0), cfg(thread_id)))
     await until_held(memory_coord, thread_id)

@@ -173,8 +173,7 @@ async def test_stream_with_frees_on_failure(memory_coord: Coordinator, thread_id
 async def test_cancelled_run_frees_only_after_its_writes(
     memory_coord: Coordinator, thread_id: str
 ) -> None:
-    """Cancelled by a scope (as Starlette cancels on disconnect) while its checkpoint write is
-    in flight, a run frees the lock only after the write: the next run sees its message."""
+    """A run cancelled by a scope mid-write frees the lock after the write; the next run sees it."""
     graph = guard_graph(chat_graph(SlowSaver(0.2), delay=1.0), memory_coord)
     scope = anyio.CancelScope()
 
