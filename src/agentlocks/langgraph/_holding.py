@@ -41,6 +41,7 @@ class GuardedRun:
     """The context of one root run holding its thread (see the module docstring)."""
 
     __slots__ = (
+        "_cancel_pending",
         "_cancelled",
         "_exits",
         "_graph",
@@ -69,7 +70,8 @@ class GuardedRun:
         self.held = held
         self.thread_id = thread_id
         self._released = False
-        self._cancelled = False
+        self._cancelled = False  # the drain signals asked to cancel this run
+        self._cancel_pending = False  # ... and no step has been cancelled for it yet
         self._exits: contextlib.AsyncExitStack | None = None
         self.step_task: asyncio.Future[Any] | None = None
         # May raise (a warning turned into an error): use start(), which releases then.
@@ -112,11 +114,21 @@ class GuardedRun:
             raise
 
     def _cancel(self) -> None:
-        """The drain signals' cancel request: cancel the step LangGraph is running now."""
+        """The drain signals' cancel request: cancel the step LangGraph is running now.
+
+        Between two steps of a stream nothing runs for us to cancel: the next step is
+        cancelled as soon as it starts (a consumer that never pulls again holds the lock
+        until it closes the stream, as any stream does).
+        """
+        if self._cancelled:
+            return
+        self._cancelled = True
         task = self.step_task
-        if task is not None and not task.done() and not self._cancelled:
-            self._cancelled = True
+        if task is not None and not task.done():
+            self._cancel_pending = False
             task.cancel(CANCEL_REASON)
+        else:
+            self._cancel_pending = True
 
     async def step(self, start: Callable[[], Awaitable[T]]) -> T:
         """Run ``start()`` (a LangGraph call or one stream step) in a task of its own.
@@ -137,6 +149,9 @@ class GuardedRun:
         finally:
             current_lease.reset(token)
         self.step_task = task
+        if self._cancel_pending:
+            self._cancel_pending = False
+            task.cancel(CANCEL_REASON)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
