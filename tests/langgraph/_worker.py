@@ -1,46 +1,62 @@
-"""A separate OS process for the multi-process tests: ``python -m tests.langgraph._worker``.
+"""A separate OS process for the multi-process LangGraph tests (`python -m` this module).
 
-``turns COORD_URL NAMESPACE PG_URL THREAD TAG N``: open an AsyncPostgresSaver on PG_URL,
-wrapped by guard_checkpointer on a coordinator at COORD_URL; print ``READY``, wait for a
-line on stdin, then run N turns at once on THREAD (user messages ``<TAG><i>``); print one
-JSON line ``{"won": [messages of runs that returned], "lost": [error class names]}``.
+``runs LOCKING COORD_URL NAMESPACE PG_URL THREAD_ID PREFIX COUNT``: open an
+``AsyncPostgresSaver`` on PG_URL, print ``READY``, wait for a line on stdin, then run COUNT
+concurrent ``ainvoke`` of the chat graph on THREAD_ID, with user messages
+``PREFIX-0`` ... ``PREFIX-<COUNT-1>``. LOCKING is ``guard`` (guard_graph on a coordinator
+at COORD_URL) or ``local`` (one ``asyncio.Lock`` per process: the fix that does not work
+across replicas). Prints ``DONE`` when every run returned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import Any
 
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
 import agentlocks
-from agentlocks.langgraph._checkpointer import guard_checkpointer
-from tests.langgraph._graphs import chat_graph, config
+from agentlocks.langgraph import guard_graph
+from tests.langgraph._graphs import chat_graph
 
 
-async def turns(coord_url: str, namespace: str, pg_url: str, thread: str, tag: str, n: int) -> None:
-    """Run N concurrent turns on THREAD through the guarded saver; report who won."""
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
+async def runs(
+    locking: str, url: str, namespace: str, pg_url: str, thread_id: str, prefix: str, count: int
+) -> None:
+    """Run COUNT concurrent turns on one thread, from this process."""
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
     async with (
-        agentlocks.connect(coord_url, namespace=namespace) as coord,
-        AsyncPostgresSaver.from_conn_string(pg_url) as inner,
+        agentlocks.connect(url, namespace=namespace) as coord,
+        AsyncPostgresSaver.from_conn_string(pg_url) as saver,
     ):
-        graph = chat_graph(guard_checkpointer(inner, coord))
-        await graph.aget_state(config("warm-up"))  # connect before the start line
+        graph = chat_graph(saver, delay=0.02)
+        local = asyncio.Lock()
+
+        async def one(i: int) -> None:
+            turn = {"messages": [HumanMessage(f"{prefix}-{i}", id=f"{prefix}-{i}")]}
+            if locking == "guard":
+                await guarded.ainvoke(turn, config)
+            else:
+                async with local:
+                    await graph.ainvoke(turn, config)
+
+        guarded = guard_graph(graph, coord, timeout=40)
         print("READY", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        results: list[Any] = await asyncio.gather(
-            *(graph.ainvoke({"messages": [f"{tag}{i}"]}, config(thread)) for i in range(n)),
-            return_exceptions=True,
-        )
-    won = [f"{tag}{i}" for i, r in enumerate(results) if not isinstance(r, BaseException)]
-    lost = [type(r).__name__ for r in results if isinstance(r, BaseException)]
-    print(json.dumps({"won": won, "lost": lost}), flush=True)
+        await asyncio.gather(*(one(i) for i in range(count)))
+    print("DONE", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    """Run the mode named by ``argv[0]``."""
+    mode, *rest = argv
+    if mode != "runs":
+        raise SystemExit(f"unknown mode {mode!r}")
+    locking, url, namespace, pg_url, thread_id, prefix, count = rest
+    asyncio.run(runs(locking, url, namespace, pg_url, thread_id, prefix, int(count)))
 
 
 if __name__ == "__main__":
-    mode, *args = sys.argv[1:]
-    if mode != "turns":
-        raise SystemExit(f"unknown mode {mode!r}")
-    asyncio.run(turns(args[0], args[1], args[2], args[3], args[4], int(args[5])))
+    main(sys.argv[1:])

@@ -13,7 +13,7 @@ import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from tests.conftest import backend_url_for
-from tests.langgraph._graphs import chat_graph, messages
+from tests.langgraph.checkpointer._graphs import chat_graph, messages
 
 pytestmark = pytest.mark.postgres
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _spawn(*args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.langgraph._worker", *map(str, args)],
+        [sys.executable, "-m", "tests.langgraph.checkpointer._worker", *map(str, args)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
 

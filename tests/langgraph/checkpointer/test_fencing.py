@@ -17,7 +17,7 @@ from agentlocks.langgraph._checkpointer import guard_checkpointer
 from agentlocks.langgraph._context import LEASE_KEY, current_lease
 from agentlocks.langgraph._heads import thread_key
 from tests.conformance.test_conformance import BREAKERS
-from tests.langgraph._graphs import chat_graph, config, messages
+from tests.langgraph.checkpointer._graphs import chat_graph, config, messages
 from tests.support.lossy_backend import LossyBackend
 
 agentlocks.register_backend("lossy", "tests.support.lossy_backend:LossyBackend", replace=True)

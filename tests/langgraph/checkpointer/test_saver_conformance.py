@@ -16,7 +16,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 import agentlocks
 from agentlocks.langgraph._checkpointer import guard_checkpointer
 from tests.conftest import backend_url_for
-from tests.langgraph.conftest import COORDINATORS
+from tests.langgraph.checkpointer.conftest import COORDINATORS
 
 Outcome = tuple[frozenset[str], frozenset[str], frozenset[str]]
 """(detected capabilities, tests passed, tests failed)"""

@@ -11,8 +11,8 @@ from langgraph.types import Command, interrupt
 
 from agentlocks import ConcurrentRunError, Coordinator
 from agentlocks.langgraph._checkpointer import guard_checkpointer
-from tests.langgraph._graphs import chat_graph, concurrent_turns, config, messages
-from tests.langgraph.conftest import MakeSaver
+from tests.langgraph.checkpointer._graphs import chat_graph, concurrent_turns, config, messages
+from tests.langgraph.checkpointer.conftest import MakeSaver
 
 
 class Chat(TypedDict):

@@ -18,7 +18,7 @@ import agentlocks
 from agentlocks import ConcurrentRunError, Coordinator
 from agentlocks.langgraph._checkpointer import MIRRORED, guard_checkpointer, overrides
 from tests.conftest import backend_url_for
-from tests.langgraph._graphs import chat_graph, config, messages
+from tests.langgraph.checkpointer._graphs import chat_graph, config, messages
 
 
 class RunsSaver(InMemorySaver):
@@ -119,7 +119,7 @@ async def test_with_allowlist_wraps_the_inner_clone(thread_id: str) -> None:
 
     inner = InMemorySaver(serde=JsonPlusSerializer(allowed_msgpack_modules=[("json", "dumps")]))
     saver = guard_checkpointer(inner, agentlocks.connect())
-    clone = saver.with_allowlist([("tests.langgraph", "Thing")])
+    clone = saver.with_allowlist([("tests.langgraph.checkpointer", "Thing")])
     assert type(clone) is type(saver)
     assert clone._inner is not inner and clone.serde is clone._inner.serde  # type: ignore[attr-defined]
     assert clone._heads is saver._heads  # type: ignore[attr-defined]
@@ -212,7 +212,7 @@ def test_sync_api_on_memory(thread_id: str) -> None:
     """Synchronous invoke and put work on memory:// and are guarded the same way."""
     from langgraph.graph import END, START, StateGraph
 
-    from tests.langgraph._graphs import Chat
+    from tests.langgraph.checkpointer._graphs import Chat
 
     builder = StateGraph(Chat)
     builder.add_node("reply", lambda state: {"messages": [f"re:{state['messages'][-1]}"]})

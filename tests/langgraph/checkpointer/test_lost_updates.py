@@ -8,8 +8,8 @@ import pytest
 
 from agentlocks import ConcurrentRunError, Coordinator
 from agentlocks.langgraph._checkpointer import guard_checkpointer
-from tests.langgraph._graphs import chat_graph, concurrent_turns, messages
-from tests.langgraph.conftest import MakeSaver
+from tests.langgraph.checkpointer._graphs import chat_graph, concurrent_turns, messages
+from tests.langgraph.checkpointer.conftest import MakeSaver
 
 DURABILITIES = ["sync", "async", "exit"]
 
