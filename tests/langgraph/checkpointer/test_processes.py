@@ -17,7 +17,7 @@ from tests.langgraph.checkpointer._graphs import chat_graph, messages
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _spawn(*args: object) -> subprocess.Popen[str]:
