@@ -18,10 +18,16 @@ from typing import Any, Final
 
 from agentlocks._lease import Lease
 
-__all__ = ["LEASE_KEY", "current_lease", "lease_for"]
+__all__ = ["LEASE_KEY", "current_lease", "lease_for", "thread_key"]
 
 LEASE_KEY: Final = "__agentlocks_lease__"
 """``config["configurable"][LEASE_KEY]``: the ``Lease`` of the thread the run holds."""
+
+
+def thread_key(thread_id: object) -> str:
+    """The lock key of a LangGraph thread: ``guard_graph`` takes it, the saver checks it."""
+    return f"langgraph:{thread_id}"
+
 
 current_lease: ContextVar[Lease | None] = ContextVar("agentlocks_thread_lease", default=None)
 
@@ -39,6 +45,6 @@ def lease_for(config: Mapping[str, Any] | None, thread_id: object = None) -> Lea
     lease = current_lease.get()
     if lease is None:
         return None
-    if thread_id is not None and not lease.key.endswith(f":{thread_id}"):
+    if thread_id is not None and lease.key != thread_key(thread_id):
         return None
     return lease

@@ -26,10 +26,10 @@ from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 from agentlocks.errors import ConfigError
 
-from ._context import current_lease
+from ._context import current_lease, thread_key
 from ._controls import PARENT_CONTROL_KEY
 from ._holding import GuardedRun
-from ._run import Guard, Held, OnBusy, is_nested, thread_key, with_lease
+from ._run import Guard, Held, OnBusy, is_nested, with_lease
 
 __all__ = ["GuardedGraph", "guard_graph"]
 

@@ -38,9 +38,9 @@ from agentlocks.backends._base import HeadStore, HeadSwap
 from agentlocks.coordinator import Coordinator
 from agentlocks.errors import ConcurrentRunError, ConfigError, LeaseLost
 
-from ._context import lease_for
+from ._context import lease_for, thread_key
 
-__all__ = ["DEFAULT_HEAD_TTL", "Heads", "PutPlan", "thread_key"]
+__all__ = ["DEFAULT_HEAD_TTL", "Heads", "PutPlan"]
 
 logger = logging.getLogger("agentlocks")
 
@@ -64,11 +64,6 @@ _EMPTY: Final = "empty"  # the read found no checkpoint: a parentless put expect
 _marks: ContextVar[dict[tuple[str, str, str], str] | None] = ContextVar(
     "agentlocks_checkpoint_reads", default=None
 )
-
-
-def thread_key(thread_id: object) -> str:
-    """The lock key of a LangGraph thread (``guard_graph`` takes this lock)."""
-    return f"langgraph:{thread_id}"
 
 
 def _mark(key: tuple[str, str, str], kind: str) -> None:

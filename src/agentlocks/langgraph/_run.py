@@ -18,7 +18,7 @@ from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 from agentlocks.errors import Busy, ConfigError, ThreadBusy
 
-from ._context import LEASE_KEY, lease_for
+from ._context import LEASE_KEY, lease_for, thread_key
 from ._controls import PARENT_CONTROL_KEY, DrainSignals, drain_module
 
 __all__ = [
@@ -41,11 +41,6 @@ _CHECKPOINTER: Final = "__pregel_checkpointer"
 # Releases deferred until LangGraph's exit task is done: strong references, or the event
 # loop (which keeps only weak ones) could collect a pending release and leave the key held.
 _pending: set[asyncio.Task[None]] = set()
-
-
-def thread_key(thread_id: object) -> str:
-    """The lock key of a LangGraph thread (``guard_checkpointer`` relies on the same key)."""
-    return f"langgraph:{thread_id}"
 
 
 def is_nested(configurable: Mapping[str, Any], thread_id: object) -> bool:

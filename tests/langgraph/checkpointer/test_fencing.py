@@ -14,8 +14,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 import agentlocks
 from agentlocks import Coordinator, Lease, LeaseLost
 from agentlocks.langgraph._checkpointer import guard_checkpointer
-from agentlocks.langgraph._context import LEASE_KEY, current_lease
-from agentlocks.langgraph._heads import thread_key
+from agentlocks.langgraph._context import LEASE_KEY, current_lease, thread_key
 from tests.conformance.test_conformance import BREAKERS
 from tests.langgraph.checkpointer._graphs import chat_graph, config, messages
 from tests.support.lossy_backend import LossyBackend
