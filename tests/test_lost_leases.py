@@ -8,6 +8,7 @@ without a server; the same conformance suite also runs on it.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -157,3 +158,56 @@ async def test_renewal_task_stops_on_close() -> None:
     assert renewer._task is None
     with pytest.raises(agentlocks.ConfigError, match="closed"):
         await coord.acquire("k")
+
+
+async def test_stalled_event_loop_makes_the_release_report_a_loss(coord: Coordinator) -> None:
+    """A holder whose own loop stalled past the lease leaves its block with LeaseLost."""
+    with pytest.raises(LeaseLost):
+        async with coord.acquire("k", lease_ttl=0.3) as lease:
+            time.sleep(0.5)  # noqa: ASYNC251 -- the stall under test: no timer can run
+    assert lease.lost
+    awaited = await coord.acquire("k2", lease_ttl=0.3)
+    time.sleep(0.5)  # noqa: ASYNC251 -- the stall under test
+    with pytest.raises(LeaseLost):
+        await awaited.release()
+    assert awaited.lost
+
+
+async def test_silent_renewals_lose_the_lease_by_the_clock(coord: Coordinator) -> None:
+    """Renewals that never answer: lost at 0.9 lease_ttl, body cancelled, not hung."""
+    backend_of(coord).hang_renewals = True
+    started = time.monotonic()
+    with pytest.raises(LeaseLost):
+        async with coord.acquire("k", lease_ttl=0.6):
+            await asyncio.sleep(30)
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.5, elapsed  # lease_ttl * 0.9 = 0.54 s
+
+
+async def test_release_of_a_grant_gone_on_the_server_raises(coord: Coordinator) -> None:
+    """release() reports the server's "not held" answer as LeaseLost, never success."""
+    lease = await coord.acquire("k", lease_ttl=60)
+    backend_of(coord).revoke(lease._grant)  # gone, and nobody told the coordinator
+    with pytest.raises(LeaseLost):
+        await lease.release()
+    assert lease.lost
+
+
+async def test_aclose_cancels_the_body_of_a_held_lease(coord: Coordinator) -> None:
+    """Closing the coordinator cancels blocks of held leases, which then raise LeaseLost."""
+    entered = asyncio.Event()
+    reached = False
+
+    async def holder() -> None:
+        nonlocal reached
+        async with coord.acquire("k", lease_ttl=60):
+            entered.set()
+            await asyncio.sleep(30)
+            reached = True
+
+    task = asyncio.create_task(holder())
+    await entered.wait()
+    await coord.aclose()
+    with pytest.raises(LeaseLost):
+        await asyncio.wait_for(task, 5)
+    assert not reached

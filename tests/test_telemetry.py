@@ -38,12 +38,15 @@ SCRIPT = textwrap.dedent(
             await coord.acquire("k", wait=False)
         except agentlocks.Busy:
             pass
+        slot = await coord.semaphore("s", 1, wait=False)  # immediate: no wait recorded
         waiter = asyncio.create_task(coord.semaphore("s", 1).__aenter__())
         await holder.release()
         lease = await coord.acquire("lost", lease_ttl=60)
         coord.backend.revoke(lease._grant, notify=True)
+        waiter.cancel()  # never granted; a slot still held at aclose() would count as lost
+        await asyncio.wait([waiter])
+        await slot.release()
         await coord.aclose()
-        waiter.cancel()
 
     asyncio.run(main())
     points = {}

@@ -91,8 +91,12 @@ class Lease:
 
     @property
     def lost(self) -> bool:
-        """True once the lease is known to have ended while held (expired, dropped)."""
-        return self._lost
+        """True once the lease is known to have ended while held (expired, dropped, closed)."""
+        if self._lost:
+            return True
+        # In-process leases are never marked one by one (that would cost the hot path):
+        # a lease still held when its coordinator closed is lost from then on.
+        return self._grant is not None and not self._released and self._coordinator._closed
 
     @property
     def released(self) -> bool:
@@ -213,8 +217,12 @@ class Lease:
         await self._coordinator._verify(self)
 
     def _mark_lost(self) -> None:
-        """Record the loss and, if the holder's block asked for it, cancel that block."""
-        if self._lost or self._released:
+        """Record the loss and, if the holder's block asked for it, cancel that block.
+
+        Also called by a release that finds the grant gone (``_released`` is then already
+        set): the loss must still be recorded, so ``released`` does not stop it.
+        """
+        if self._lost:
             return
         self._lost = True
         TELEMETRY.lost(self._request[0])

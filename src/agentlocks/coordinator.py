@@ -24,6 +24,7 @@ from ._options import LockOptions, SemaphoreOptions, build_request
 from ._registry import load_backend
 from ._registry_lock import Registry
 from ._renewal import Renewer
+from ._tasks import TaskSupervisor, finish
 from ._telemetry import TELEMETRY
 from ._url import DEFAULT_URL, Settings, build_settings, split_url
 from .backends._base import Backend, FastPath, Grant, KeyInfo
@@ -97,9 +98,11 @@ class Coordinator:
 
     def __init__(self, settings: Settings, backend_cls: type[Backend]) -> None:
         self._settings = settings
-        self._backend: Backend = backend_cls(settings, self._on_backend_lost)
+        # Owns every background task of this coordinator and its backend (``_tasks.py``).
+        self._tasks = TaskSupervisor()
+        self._backend: Backend = backend_cls(settings, self._on_backend_lost, self._tasks)
         self._remote = bool(backend_cls.remote)
-        self._renewer = Renewer(self._backend) if self._remote else None
+        self._renewer = Renewer(self._backend, self._tasks) if self._remote else None
         # Optional synchronous fast path (in-process backends only; see FastPath).
         fast = self._backend if not self._remote and isinstance(self._backend, FastPath) else None
         self._try_acquire: Callable[[str, bool, int | None, float], Grant | None] | None = (
@@ -145,15 +148,36 @@ class Coordinator:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop lease renewal and close the backend's connections. Idempotent."""
+        """Close the coordinator: fail waiting requests, mark held leases lost, free all.
+
+        Requests still waiting fail at once with an ``AgentLocksError``; leases still held
+        are marked lost (their ``async with`` bodies are cancelled on remote backends,
+        leaving them raises ``LeaseLost``); the backend releases what it can on the server
+        and closes its connections; every background task is cancelled and awaited; later
+        use raises ``ConfigError``. Idempotent, and finishes even if its caller is
+        cancelled meanwhile.
+        """
         if self._closed:
             return
         self._closed = True
-        self._try_acquire = None  # the fast path must not bypass the closed check
-        with anyio.CancelScope(shield=True):
-            if self._renewer is not None:
-                await self._renewer.aclose()
+        # The fast paths must not bypass the closed checks of the slow ones.
+        self._try_acquire = None
+        self._release_nowait = None
+        await finish(self._close())
+
+    async def _close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.lose_all()  # before the backend forgets them: holders must hear it
+            await self._renewer.aclose()
+        try:
             await self._backend.aclose()
+        finally:
+            await self._tasks.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
 
     # -- locks and semaphores ------------------------------------------------------------
 
@@ -264,6 +288,9 @@ class Coordinator:
         finally:
             if not immediate:
                 TELEMETRY.waiting(resource, -1)
+        if self._closed:
+            # aclose() ran while this request waited; the backend has ended the grant.
+            raise ConfigError(f"{self!r} was closed while {key!r} was being acquired")
         if not immediate:
             waited = time.monotonic() - started
             self._observe_wait(waited)
@@ -282,19 +309,27 @@ class Coordinator:
             return
         lease._released = True
         TELEMETRY.released(grant.resource, time.monotonic() - grant.acquired_at)
-        if self._renewer is None:
+        if self._closed:
+            # aclose() ended every grant (held leases count as lost from then on).
+            lease._mark_lost()
+        elif self._renewer is None:
             # In-process backends never suspend in release, so no cancellation can land here.
             await self._backend.release(grant)
         else:
-            self._renewer.untrack(grant)
-            # Shielded: a release interrupted half-way would leave the key held until its
-            # TTL runs out, and waiters stalled behind it (guarantee 7).
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._backend.release(grant)
-                except Exception:
-                    if not lease._lost:
-                        raise
+            expired = self._renewer.untrack(grant)
+            # Run to its end even under repeated task.cancel(): a release interrupted
+            # half-way would leave the key held by nobody until its TTL, and waiters
+            # stalled behind it (guarantee 7).
+            try:
+                held = await finish(self._backend.release(grant))
+            except Exception:
+                if not (lease._lost or expired):
+                    raise
+                held = False
+            if expired or held is False:
+                # The server no longer had the grant, or our last confirmed renewal is too
+                # old for it to be safe: whatever the block did ran unprotected (guarantee 6).
+                lease._mark_lost()
         if lease._lost:
             raise LeaseLost(f"the lease on {lease.key!r} was lost while held", key=lease.key)
 

@@ -11,11 +11,13 @@ It is registered as the ``lossy://`` scheme through the public ``register_backen
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.backends import Grant, LostCallback
 from agentlocks.backends._signals import LocalSignals
@@ -37,8 +39,8 @@ class LossyBackend(MemoryBackend):
     remote: ClassVar[bool] = True
     _shared: ClassVar[dict[str, _SharedState]] = {}
 
-    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
-        super().__init__(settings, on_lost)
+    def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
+        super().__init__(settings, on_lost, tasks)
         state = self._shared.setdefault(settings.namespace, _SharedState())
         self._entries = state.entries
         self._generations = state.generations
@@ -47,7 +49,9 @@ class LossyBackend(MemoryBackend):
         self.on_lost = on_lost
         self.renew_calls = 0
         self.fail_renewals = False
+        self.hang_renewals = False  # renew() never answers: a silent partition
         self.fail_releases = False
+        self._granted: set[Grant] = set()  # what aclose() ends, as a server would
 
     def revoke(self, grant: Grant, *, notify: bool = False) -> None:
         """Make ``grant`` vanish as a server-side expiry would; optionally push the news."""
@@ -59,9 +63,25 @@ class LossyBackend(MemoryBackend):
         self.renew_calls += 1
         if self.fail_renewals:
             raise BackendError("lossy:// is unreachable (fail_renewals)")
+        if self.hang_renewals:
+            await asyncio.Event().wait()  # no answer, no error: only a deadline ends this
         return await super().renew(grants)
 
-    async def release(self, grant: Grant) -> None:
+    async def acquire(self, resource: str, **request: Any) -> Grant:
+        grant = await super().acquire(resource, **request)
+        self._granted.add(grant)
+        return grant
+
+    async def release(self, grant: Grant) -> bool:
         if self.fail_releases:
             raise BackendError("lossy:// is unreachable (fail_releases)")
-        await super().release(grant)
+        self._granted.discard(grant)
+        return await super().release(grant)
+
+    async def aclose(self) -> None:
+        # A remote backend ends its grants on the server when it closes: the shared state
+        # is the "server" here, so other coordinators' waiters are handed the keys.
+        await super().aclose()
+        for grant in list(self._granted):
+            self.release_nowait(grant)
+        self._granted.clear()

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from agentlocks._tasks import TaskSupervisor
     from agentlocks._url import Settings
 
 __all__ = [
@@ -130,7 +131,13 @@ SignalCallback = Callable[[str, int], None]
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a backend implements. Constructed as ``cls(settings, on_lost)``, doing no I/O.
+    """What a backend implements. Constructed as ``cls(settings, on_lost, tasks)``, no I/O.
+
+    ``tasks`` is the coordinator's :class:`~agentlocks._tasks.TaskSupervisor`: every
+    background task of the backend is started with ``tasks.spawn(...)`` (never a bare
+    ``create_task``), so failures are logged and ``aclose()`` ends them all. Cleanup steps
+    that must survive cancellation (release, withdrawing a cancelled request) run under
+    :func:`agentlocks._tasks.finish`.
 
     Class attributes:
         remote: True when the backend talks to a server. The coordinator then renews leases
@@ -144,7 +151,7 @@ class Backend(Protocol):
     remote: ClassVar[bool]
     option_names: ClassVar[frozenset[str]]
 
-    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+    def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         """Keep the settings; connect lazily (no I/O here). Call ``on_lost`` on losses."""
         ...
 
@@ -167,8 +174,13 @@ class Backend(Protocol):
         """
         ...
 
-    async def release(self, grant: Grant) -> None:
-        """End ``grant`` (idempotent) and hand the resource to the next waiters."""
+    async def release(self, grant: Grant) -> bool:
+        """End ``grant`` (idempotent) and hand the resource to the next waiters.
+
+        Returns True if the server still had the grant, False if it was already gone
+        (expired, or given to another client): the coordinator then reports the lease as
+        lost, never as a success (guarantee 6). The coordinator runs it under ``finish``.
+        """
         ...
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
@@ -228,7 +240,11 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Free every resource (connections, tasks). Grants still held are released."""
+        """Free every resource (connections, tasks). Grants still held are released.
+
+        Requests still waiting must fail at once with an ``AgentLocksError`` (never be
+        granted, never hang); the coordinator has already marked held leases lost.
+        """
         ...
 
 

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import ClassVar
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
-from agentlocks.errors import Busy, QueueFull
+from agentlocks.errors import AgentLocksError, Busy, QueueFull
 
 from ._base import Grant, HolderInfo, LostCallback, SignalCallback, describe
 from ._signals import LocalSignals
@@ -80,9 +81,11 @@ class MemoryBackend:
     remote: ClassVar[bool] = False
     option_names: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+    def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         self._settings = settings
         self._entries: dict[str, Grant | _Entry] = {}
+        # This backend's queued requests, so aclose() can fail them (slow path only).
+        self._waiting: dict[_Waiter, str] = {}
         self._generations: dict[str, int] = {}
         self._tokens = itertools.count(1)
         self._signals = LocalSignals()
@@ -144,6 +147,7 @@ class MemoryBackend:
             entry = self._entries[resource] = _Entry(entry)
         waiter = _Waiter(shared, capacity, lease_ttl, asyncio.get_running_loop().create_future())
         entry.queue.append(waiter)
+        self._waiting[waiter] = resource
         try:
             await waiter.woken
         except BaseException:
@@ -161,6 +165,8 @@ class MemoryBackend:
                 entry.queue.remove(waiter)
                 self._hand_off(resource, entry)
             raise
+        finally:
+            self._waiting.pop(waiter, None)
         assert waiter.grant is not None  # set by _hand_off before resolving the future
         return waiter.grant
 
@@ -199,10 +205,12 @@ class MemoryBackend:
             entry.exclusive = False
         self._hand_off(resource, entry)
 
-    async def release(self, grant: Grant) -> None:
+    async def release(self, grant: Grant) -> bool:
         # Never suspends (``remote = False`` promises it): the coordinator relies on this to
         # release without a shield.
+        held = self._held(grant)
         self.release_nowait(grant)
+        return held
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
         return [g for g in grants if not self._held(g)]
@@ -250,8 +258,16 @@ class MemoryBackend:
         self._signals.clear(resource, kind, mark)
 
     async def aclose(self) -> None:
-        # Holders keep their Grant objects; releasing them later is a no-op, and waiters
-        # still queued keep waiting on a backend nobody will hand off from. Clearing the
-        # state would break exclusion for blocks still running, so closing only forgets
-        # idle bookkeeping: there is none to forget for an in-process backend.
-        return None
+        # Waiting requests fail at once (nobody would ever hand them a grant); they leave
+        # their queues here, so requests of other coordinators sharing this state (the
+        # test backend ``lossy://`` does) are handed on as if they had been cancelled.
+        # Holders keep their grants: clearing them would break exclusion for blocks still
+        # running, and the coordinator reports those leases as lost.
+        closed = AgentLocksError("the coordinator was closed while this request waited")
+        for waiter, resource in list(self._waiting.items()):
+            entry = self._entries.get(resource)
+            if isinstance(entry, _Entry) and waiter in entry.queue:
+                entry.queue.remove(waiter)
+                if not waiter.woken.done():
+                    waiter.woken.set_exception(closed)
+                self._hand_off(resource, entry)

@@ -109,6 +109,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import COMMON_OPTIONS, Settings
 from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
 
@@ -145,7 +146,8 @@ class PostgresBackend:
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
 
-    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+    def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
+        self._tasks = tasks  # owns this backend's background tasks
         options = parse_options(settings.options)
         pool = settings.client
         if pool is not None and not (hasattr(pool, "acquire") and hasattr(pool, "release")):
@@ -308,8 +310,9 @@ class PostgresBackend:
             return await self._grants.wait_lock(resource, state, request, lease_ttl)
         return await self._grants.wait_slot(resource, state, request, lease_ttl)
 
-    async def release(self, grant: Grant) -> None:
+    async def release(self, grant: Grant) -> bool:
         await self._grants.release(grant)
+        return True
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
         sessions = {g.handle.session for g in grants if isinstance(g.handle, Hold)}

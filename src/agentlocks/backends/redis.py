@@ -57,6 +57,7 @@ from typing import Any, ClassVar, Final, cast
 
 import anyio
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, Busy, QueueFull
 
@@ -105,8 +106,9 @@ class RedisBackend:
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
 
-    def __init__(self, settings: Settings, on_lost: LostCallback) -> None:
+    def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         self._namespace = settings.namespace
+        self._tasks = tasks  # owns this backend's background tasks
         self._redacted_url = settings.redacted_url
         self._on_lost = on_lost
         self._id = secrets.token_hex(8)  # this backend's coordinator id
@@ -216,10 +218,12 @@ class RedisBackend:
             except BackendError as exc:
                 logger.warning("could not withdraw a request; it expires by itself: %s", exc)
 
-    async def release(self, grant: Grant) -> None:
+    async def release(self, grant: Grant) -> bool:
         handle = _handle(grant)
         self._held.pop(handle.request_id, None)
-        await self._link.run(RELEASE, handle.keys, handle.member)
+        # release.lua answers 0 when the grant was no longer there (expired, or the key
+        # was given to someone else): that lease was lost, not released (guarantee 6).
+        return int(await self._link.run(RELEASE, handle.keys, handle.member)) == 1
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
         calls = [(_handle(g).keys, (_handle(g).member, _ms(g.lease_ttl))) for g in grants]

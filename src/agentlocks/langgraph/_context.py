@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Final
 
-from .._lease import Lease
+from agentlocks._lease import Lease
 
 __all__ = ["LEASE_KEY", "current_lease", "lease_for"]
 

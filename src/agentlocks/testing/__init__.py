@@ -18,6 +18,7 @@ under a deadline so a deadlock fails instead of hanging. Remote backends may ove
 hooks of :class:`ConformanceSuite` (``break_lease``) to unlock the lost-lease tests.
 """
 
+from ._closing import ClosingGuarantees as ClosingGuarantees
 from ._harness import SuiteHarness as SuiteHarness
 from ._locks import LockGuarantees as LockGuarantees
 from ._queueing import QueueGuarantees as QueueGuarantees
@@ -26,12 +27,18 @@ from ._stateful import StatefulSchedules as StatefulSchedules
 
 
 class ConformanceSuite(
-    LockGuarantees, QueueGuarantees, SemaphoreGuarantees, StatefulSchedules, SuiteHarness
+    LockGuarantees,
+    QueueGuarantees,
+    SemaphoreGuarantees,
+    ClosingGuarantees,
+    StatefulSchedules,
+    SuiteHarness,
 ):
     """Every conformance test; subclass it and provide a ``backend_url`` fixture."""
 
 
 __all__ = [
+    "ClosingGuarantees",
     "ConformanceSuite",
     "LockGuarantees",
     "QueueGuarantees",

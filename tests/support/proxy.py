@@ -1,0 +1,133 @@
+"""A loopback TCP proxy that can silently drop traffic: a partition, not a reset.
+
+``PartitionProxy(port)`` listens on a free loopback port and forwards every connection to
+``127.0.0.1:port``. ``partition()`` stops forwarding in both directions while keeping every
+socket open: bytes are read and thrown away, so neither side sees a reset, a FIN or an
+answer, just silence (what a dead switch or a dropped route looks like). ``heal()``
+forwards again (bytes dropped meanwhile stay lost, as on a real network). ``cut()`` closes
+every open connection with a reset, for contrast.
+
+It runs its own event loop in a thread, so a test whose loop is stalled (a blocking call in
+a lock holder) does not stall the "network" too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from types import TracebackType
+from typing import Self
+
+__all__ = ["PartitionProxy"]
+
+
+class PartitionProxy:
+    """Forward ``127.0.0.1:<port>`` to ``127.0.0.1:<target>``; partition on demand."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self._target = (target_host, target_port)
+        self._dropping = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="partition-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self.dropped = 0  # bytes thrown away while partitioned
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the proxy did not start")
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def url_for(self, url: str, target_port: int | None = None) -> str:
+        """Return ``url`` with its port replaced by this proxy's."""
+        port = target_port or self._target[1]
+        return url.replace(f":{port}", f":{self.port}", 1)
+
+    def partition(self) -> None:
+        """Silently drop everything, both ways, on every connection (new ones too)."""
+        self._dropping = True
+
+    def heal(self) -> None:
+        """Forward again."""
+        self._dropping = False
+
+    def cut(self) -> None:
+        """Reset every open connection (RST, not FIN)."""
+        self._loop.call_soon_threadsafe(self._reset_all)
+
+    def close(self) -> None:
+        """Stop the proxy and close every connection."""
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    # -- the proxy's own loop ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._accept, "127.0.0.1", 0)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._reset_all()
+        if self._server is not None:
+            await self._server.wait_closed()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _reset_all(self) -> None:
+        for writer in list(self._writers):
+            sock = writer.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                if sock is not None:  # SO_LINGER 0: close() sends a reset
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+        )
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            w.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                writer.close()
+                return
+            if self._dropping:
+                self.dropped += len(data)
+                continue
+            writer.write(data)
+            await writer.drain()
