@@ -33,6 +33,8 @@ from typing import Any, Final
 
 import asyncpg
 
+from agentlocks._tasks import TaskSupervisor
+
 from ._base import SignalCallback
 from ._pg_connection import drain
 from ._pg_session import Sessions
@@ -89,8 +91,9 @@ class _Statements:
 class PgSignals:
     """The signals of one PostgreSQL backend (see the module docstring)."""
 
-    def __init__(self, sessions: Sessions, sql: Sql, namespace: str) -> None:
+    def __init__(self, sessions: Sessions, sql: Sql, namespace: str, tasks: TaskSupervisor) -> None:
         self._sessions = sessions
+        self._tasks = tasks
         self._sql = _Statements(sql)
         self._namespace = namespace
         digest = hashlib.blake2b(namespace.encode(), digest_size=8).hexdigest()
@@ -101,7 +104,7 @@ class PgSignals:
         self._listen_lock = asyncio.Lock()
         self._linger: asyncio.TimerHandle | None = None
         self._reconnect: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()  # referenced until done
+        self._closing: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- statements --------------------------------------------------------------------------
@@ -196,9 +199,10 @@ class PgSignals:
         if conn is not self._listener:
             return
         self._listener = None
-        if self._watched and not self._closed and self._reconnect is None:
+        wanted = self._watched and not self._closed and not self._tasks.closed
+        if wanted and self._reconnect is None:
             logger.warning("PostgreSQL LISTEN connection for signals lost; reconnecting")
-            self._reconnect = asyncio.get_running_loop().create_task(self._restore())
+            self._reconnect = self._tasks.spawn(self._restore(), name="pg signals listen")
 
     async def _restore(self) -> None:
         delay, longest = RECONNECT_DELAY
@@ -224,9 +228,10 @@ class PgSignals:
         self._linger = None
         if not self._watched and self._listener is not None:
             conn, self._listener = self._listener, None
-            task = asyncio.get_running_loop().create_task(self._close(conn))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            if self._tasks.closed:
+                conn.terminate()
+            else:
+                self._closing = self._tasks.spawn(self._close(conn), name="pg signals unlisten")
 
     async def _close(self, conn: Any) -> None:
         conn.remove_termination_listener(self._lost)
@@ -247,5 +252,5 @@ class PgSignals:
         if self._listener is not None:
             conn, self._listener = self._listener, None
             await self._close(conn)
-        for task in list(self._closing):
-            await drain(task)
+        if self._closing is not None:
+            await drain(self._closing)

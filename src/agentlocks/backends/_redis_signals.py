@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
 from ._base import SignalCallback
@@ -78,14 +79,15 @@ class _Watched:
 class RedisSignals:
     """The signals of one Redis backend (see the module docstring)."""
 
-    def __init__(self, link: Link, namespace: str) -> None:
+    def __init__(self, link: Link, namespace: str, tasks: TaskSupervisor) -> None:
         self._link = link
+        self._tasks = tasks
         self._namespace = namespace
         digest = hashlib.blake2b(namespace.encode(), digest_size=8).hexdigest()
         self._channel = f"agentlocks:signals:{digest}"
         self._watched: dict[str, _Watched] = {}  # tag -> the watches of that lock
         self._inbox = Inbox(self._open, self._pushed, self._resubscribed, self._wanted)
-        self._rereads: set[asyncio.Task[None]] = set()
+        self._reread_task: asyncio.Task[None] | None = None
 
     async def send(self, resource: str, kind: str, ttl: float, mark: int | None) -> int:
         """``Backend.signal``: one script call."""
@@ -129,7 +131,8 @@ class RedisSignals:
 
     async def aclose(self) -> None:
         """Stop the subscription and any re-read in flight."""
-        for task in list(self._rereads):
+        task, self._reread_task = self._reread_task, None
+        if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -153,9 +156,9 @@ class RedisSignals:
     def _resubscribed(self) -> None:
         # Messages published while the subscription was down are lost: read every watched
         # record again (one pipelined round trip), in a task (we are in the reader's).
-        task = asyncio.get_running_loop().create_task(self._reread())
-        self._rereads.add(task)
-        task.add_done_callback(self._rereads.discard)
+        if self._tasks.closed or not self._watched:
+            return
+        self._reread_task = self._tasks.spawn(self._reread(), name="redis signals re-read")
 
     async def _reread(self) -> None:
         watched = list(self._watched.values())

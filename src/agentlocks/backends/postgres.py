@@ -177,7 +177,8 @@ class PostgresBackend:
         )
         self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle)
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
-        self._signals = PgSignals(self._sessions, self._sql, self._namespace)  # _pg_signals.py
+        # Signals to holders (on_busy="interrupt"): _pg_signals.py.
+        self._signals = PgSignals(self._sessions, self._sql, self._namespace, tasks)
 
     def __repr__(self) -> str:
         return (

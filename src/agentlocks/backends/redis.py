@@ -117,7 +117,7 @@ class RedisBackend:
         self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
         self._room = WaitRoom(self._open_inbox, self._refresh)
-        self._signals = RedisSignals(self._link, self._namespace)  # _redis_signals.py
+        self._signals = RedisSignals(self._link, self._namespace, tasks)  # _redis_signals.py
         self._closed = False
 
     def __repr__(self) -> str:
