@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.errors import GraphDrained
+from langgraph.runtime import RunControl
 
 from agentlocks import Coordinator
 from agentlocks.langgraph._drain import (
     INTERRUPTED_TOOL_CALL,
     DrainSignals,
     close_dangling_tool_calls,
+    thread_key,
 )
 
 from ._drain_graphs import agent, dangling_tool_calls, interrupting_run, user
@@ -125,3 +128,26 @@ async def test_close_dangling_tool_calls_is_a_no_op_on_a_valid_history() -> None
     before = (await graph.aget_state(config)).config
     await close_dangling_tool_calls(graph, config)
     assert (await graph.aget_state(config)).config == before
+
+
+async def test_drain_before_the_first_step_keeps_the_runs_input(make: Factory) -> None:
+    """A request already waiting when run 1 starts drains it at once; its message survives."""
+    graph = agent(InMemorySaver())
+    a, b = make(), make()
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: Any = {"configurable": {"thread_id": thread}}
+    lease = await a.acquire(thread_key(thread))
+    await DrainSignals(b).request_drain(thread)  # sent before run 1 began watching
+    control = RunControl()
+    try:
+        async with DrainSignals(a).watch(thread, control, lambda: None, lease=lease):
+            with pytest.raises(GraphDrained):
+                await graph.ainvoke(user(1), config, control=control)
+        assert (await graph.aget_state(config)).next == ("__start__",)  # input not applied
+        await close_dangling_tool_calls(graph, config)
+    finally:
+        await lease.release()
+    result = await graph.ainvoke(user(2), config)
+    assert [m.content for m in result["messages"]][:2] == ["msg-1", "msg-2"]
+    assert result["messages"][-1].content == "answer to msg-2"
+    assert dangling_tool_calls(result["messages"]) == []

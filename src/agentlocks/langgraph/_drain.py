@@ -76,6 +76,8 @@ INTERRUPTED_TOOL_CALL: Final = (
 DRAIN: Final = "drain"
 CANCEL: Final = "cancel"
 _SIGNAL_METHODS: Final = ("signal", "watch_signals", "clear_signal")
+START: Final = "__start__"  # langgraph.constants.START, without importing langgraph here
+_LENT_CHECKPOINTER: Final = "__pregel_checkpointer"  # a server's config-lent saver
 
 
 def thread_key(thread_id: str) -> str:
@@ -274,43 +276,69 @@ class _Watcher:
 async def close_dangling_tool_calls(
     graph: Pregel[Any, Any, Any, Any], config: RunnableConfig, *, messages_key: str = "messages"
 ) -> None:
-    """Answer the tool calls a drained (or cancelled) run asked for but never ran.
+    """Leave the thread of a drained (or cancelled) run valid for the next run.
 
-    A drain between the model step and the tools step leaves the last ``AIMessage`` with
-    ``tool_calls`` and ``next=('tools',)``; a run with new input does not run those tools,
-    and the next model call would fail (``INVALID_CHAT_HISTORY``; providers answer 400).
-    Each unanswered call gets a ``ToolMessage`` saying it was interrupted, written with
-    ``aupdate_state(..., as_node=<the pending tools node>)``: the pending task counts as
-    done, so it does not run later either. No-op when nothing dangles. Call it while still
-    holding the thread lock.
+    Two repairs, each a no-op when not needed; call it while still holding the thread lock:
+
+    * A drain that landed before the run's first step (the request was waiting when the
+      run started) leaves its input unapplied, pending as ``next=('__start__',)``; a run
+      with new input would drop it, losing the user's message. The pending input is
+      applied (``aupdate_state(..., as_node="__start__")``), as the first step would have.
+    * A drain between the model step and the tools step leaves the last ``AIMessage`` with
+      ``tool_calls`` and ``next=('tools',)``; a run with new input does not run those
+      tools, and the next model call would fail (``INVALID_CHAT_HISTORY``; providers answer
+      400). Each unanswered call gets a ``ToolMessage`` saying it was interrupted, written
+      with ``aupdate_state(..., as_node=<the pending tools node>)``: the pending task
+      counts as done, so it does not run later either.
     """
+    snapshot = await graph.aget_state(config)
+    if START in snapshot.next:
+        await _apply_pending_input(graph, config)
+        snapshot = await graph.aget_state(config)
+    closing = _closing_messages(snapshot.values, messages_key)
+    if not closing:
+        return
+    pending = tuple(snapshot.next)
+    as_node = "tools" if "tools" in pending else (pending[0] if pending else None)
+    await graph.aupdate_state(config, {messages_key: closing}, as_node=as_node)
+
+
+async def _apply_pending_input(graph: Pregel[Any, Any, Any, Any], config: RunnableConfig) -> None:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    saver = (config.get("configurable") or {}).get(_LENT_CHECKPOINTER) or graph.checkpointer
+    if not isinstance(saver, BaseCheckpointSaver):
+        return
+    saved = await saver.aget_tuple(config)
+    if saved is None:
+        return
+    value = saved.checkpoint.get("channel_values", {}).get(START)
+    if value is not None:
+        await graph.aupdate_state(config, value, as_node=START)
+
+
+def _closing_messages(values: object, messages_key: str) -> list[Any]:
+    """A ``ToolMessage`` for each tool call of the last ``AIMessage`` that has no answer."""
     from langchain_core.messages import AIMessage, ToolMessage
 
-    snapshot = await graph.aget_state(config)
-    values = snapshot.values
     messages = values.get(messages_key) if isinstance(values, dict) else None
     if not isinstance(messages, Sequence) or not messages:
-        return
+        return []
     last_ai = next(
         (i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], AIMessage)), None
     )
     if last_ai is None:
-        return
+        return []
     answered = {m.tool_call_id for m in messages[last_ai + 1 :] if isinstance(m, ToolMessage)}
     ai = messages[last_ai]
     assert isinstance(ai, AIMessage)
-    dangling = [call for call in ai.tool_calls if call.get("id") not in answered]
-    if not dangling:
-        return
-    closing = [
+    return [
         ToolMessage(
             content=INTERRUPTED_TOOL_CALL,
             tool_call_id=str(call["id"]),
             name=call["name"],
             status="error",
         )
-        for call in dangling
+        for call in ai.tool_calls
+        if call.get("id") not in answered
     ]
-    pending = tuple(snapshot.next)
-    as_node = "tools" if "tools" in pending else (pending[0] if pending else None)
-    await graph.aupdate_state(config, {messages_key: closing}, as_node=as_node)
