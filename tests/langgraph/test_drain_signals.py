@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from agentlocks import Coordinator
+from agentlocks import ConfigError, Coordinator
 from agentlocks.backends._redis_signals import signal_keys
 from agentlocks.backends._signals import LocalSignals
 from agentlocks.langgraph._drain import DrainSignals, thread_key
@@ -169,3 +171,10 @@ async def test_watch_finds_the_lease_in_context_or_asks_the_backend(make: Factor
         assert not control.drain_requested
         await DrainSignals(b).request_drain("t7")
         await asyncio.wait_for(control.drained.wait(), 5)
+
+
+def test_a_backend_without_signals_is_refused_with_a_clear_error() -> None:
+    """DrainSignals on a backend lacking signal/watch_signals/clear_signal: ConfigError."""
+    coord: Any = SimpleNamespace(backend=object())
+    with pytest.raises(ConfigError, match="signal, watch_signals, clear_signal"):
+        DrainSignals(coord)
