@@ -3,7 +3,8 @@
 Arguments: ``LOCK_URL PG_URL NAMESPACE THREAD TURN MODEL_DELAY TOOL_DELAY DRAIN_TIMEOUT``.
 Runs turn TURN of the drain tests' agent on THREAD the ``"interrupt"`` way, with its
 checkpoints in PostgreSQL (PG_URL, tables set up by the test) and its thread lock on
-LOCK_URL; prints ``STARTED`` once it holds the thread and watches, then one JSON line:
+LOCK_URL; prints ``IN_MODEL`` or ``IN_TOOL`` as its first model or tool call begins (the
+test interrupts it then; ``IN_TOOL`` only with a slow tool), then one JSON line:
 ``{"outcome": "done" | "drained" | "cancelled"}``.
 """
 
@@ -27,19 +28,20 @@ async def main(argv: list[str]) -> None:
         agentlocks.connect(lock_url, namespace=namespace) as coord,
         AsyncPostgresSaver.from_conn_string(pg_url) as saver,
     ):
-        graph = agent(saver, model_delay=float(model_delay), tool_delay=float(tool_delay))
-        started = asyncio.Event()
+        slow_tool = float(tool_delay) > 1
+        announced: set[str] = set()
 
-        async def announce() -> None:
-            await started.wait()
-            print("STARTED", flush=True)
+        def entered(what: str) -> None:
+            if what == ("tool" if slow_tool else "model") and what not in announced:
+                announced.add(what)
+                print(f"IN_{what.upper()}", flush=True)
 
-        announcer = asyncio.create_task(announce())
+        graph = agent(
+            saver, model_delay=float(model_delay), tool_delay=float(tool_delay), entered=entered
+        )
         outcome, _ = await interrupting_run(
-            graph, coord, DrainSignals(coord), int(turn), thread,
-            drain_timeout=float(drain_timeout), started=started,
-        )  # fmt: skip
-        await announcer
+            graph, coord, DrainSignals(coord), int(turn), thread, drain_timeout=float(drain_timeout)
+        )
         print(json.dumps({"outcome": outcome}), flush=True)
 
 

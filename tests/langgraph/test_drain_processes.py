@@ -36,26 +36,30 @@ async def line_of(worker: subprocess.Popen[str]) -> str:
 
 @pytest.mark.parametrize("lock_backend", ["redis", "postgresql"])
 @pytest.mark.parametrize(
-    ("scenario", "model_delay", "tool_delay", "expected"),
-    [("drain", 1.0, 0.02, "drained"), ("cancel", 0.02, 6.0, "cancelled")],
+    ("scenario", "model_delay", "tool_delay", "drain_timeout", "expected"),
+    [("drain", 1.0, 0.02, 10.0, "drained"), ("cancel", 0.02, 6.0, 0.5, "cancelled")],
 )
 async def test_a_run_in_another_process_makes_way(
-    lock_backend: str, scenario: str, model_delay: float, tool_delay: float, expected: str
+    lock_backend: str,
+    scenario: str,
+    model_delay: float,
+    tool_delay: float,
+    drain_timeout: float,
+    expected: str,
 ) -> None:
     """Turn 1 runs in a worker process; turn 2 here interrupts it, then runs its whole turn."""
     lock_url = backend_url_for(lock_backend)
     pg_url = backend_url_for("postgresql")
     namespace = f"drainp-{uuid.uuid4().hex[:12]}"
     thread = f"t-{uuid.uuid4().hex[:8]}"
-    drain_timeout = 0.5
     async with AsyncPostgresSaver.from_conn_string(pg_url) as saver:
         await saver.setup()  # once, before two processes use the tables
         worker = spawn(
             lock_url, pg_url, namespace, thread, "1", str(model_delay), str(tool_delay), "30"
         )
         try:
-            assert await asyncio.wait_for(line_of(worker), 30) == "STARTED"
-            await asyncio.sleep(0.3)  # the worker's run is inside its model (or tool) call
+            busy = "IN_TOOL" if scenario == "cancel" else "IN_MODEL"
+            assert await asyncio.wait_for(line_of(worker), 30) == busy
             async with agentlocks.connect(lock_url, namespace=namespace) as coord:
                 graph = agent(saver)
                 asked = time.monotonic()
