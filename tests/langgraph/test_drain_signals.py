@@ -150,6 +150,22 @@ async def test_cancel_reaches_only_the_run_its_drain_request_reached(make: Facto
     assert never.calls == 0
 
 
+async def test_cancel_without_an_earlier_drain_request_cancels_the_current_holder(
+    make: Factory,
+) -> None:
+    """request_cancel with no drain request of this process cancels whoever holds the thread."""
+    a, b = make(), make()
+    control, cancels = Control(), Cancels()
+    async with (
+        a.acquire(thread_key("t8")) as lease,
+        DrainSignals(a).watch("t8", control, cancels, lease=lease),
+    ):
+        await DrainSignals(b).request_cancel("t8")
+        await asyncio.wait_for(cancels.called.wait(), 5)
+    assert control.drain_requested
+    assert cancels.calls == 1
+
+
 async def test_records_acted_on_are_cleared_when_the_watch_ends(make: Factory) -> None:
     """After the drained run's watch exits, no signal record of its thread remains."""
     never = Cancels()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -91,7 +92,8 @@ class _Sent:
     __slots__ = ("at", "mark", "task")
 
     def __init__(self, task: asyncio.Task[Any] | None, mark: int) -> None:
-        self.task = task
+        # Weak: remembering a request must not keep its finished task alive for ttl.
+        self.task = None if task is None else weakref.ref(task)
         self.mark = mark
         self.at = time.monotonic()
 
@@ -138,8 +140,8 @@ class DrainSignals:
             BackendError: The backend could not store the request.
         """
         mark = await self._backend.signal(self._resource(thread_id), DRAIN, ttl=self._ttl)
-        sent = self._recent(thread_id)
-        sent.append(_Sent(asyncio.current_task(), mark))
+        self._recent(thread_id)  # prunes
+        self._sent.setdefault(thread_id, []).append(_Sent(asyncio.current_task(), mark))
 
     async def request_cancel(self, thread_id: str) -> None:
         """Cancel the run that this requester's drain request reached, if it still runs.
@@ -152,27 +154,25 @@ class DrainSignals:
         resource = self._resource(thread_id)
         sent = self._recent(thread_id)
         task = asyncio.current_task()
-        mine = [s for s in sent if s.task is task] or sent[:1]
+        mine = [s for s in sent if s.task is not None and s.task() is task] or sent[:1]
         if mine:
+            # Entries are kept (until ttl): a repeated cancel reuses the same mark.
             await self._backend.signal(resource, CANCEL, ttl=self._ttl, mark=mine[-1].mark)
-            for entry in mine:
-                sent.remove(entry)
-            if not sent:
-                self._sent.pop(thread_id, None)
         else:  # no drain request of ours: the run holding the thread now
             await self._backend.signal(resource, CANCEL, ttl=self._ttl)
         await self._backend.signal(resource, DRAIN, ttl=self._ttl)
 
     def _recent(self, thread_id: str) -> list[_Sent]:
+        """This process's drain requests on ``thread_id`` within ``ttl`` (oldest first)."""
         # Bounded state: entries older than the records they stand for are forgotten.
         horizon = time.monotonic() - self._ttl
-        for tid in [t for t, s in self._sent.items() if s[0].at < horizon]:
+        for tid in [t for t, sent in self._sent.items() if not sent or sent[0].at < horizon]:
             kept = [s for s in self._sent[tid] if s.at >= horizon]
             if kept:
                 self._sent[tid] = kept
             else:
                 del self._sent[tid]
-        return self._sent.setdefault(thread_id, [])
+        return self._sent.get(thread_id, [])
 
     # -- the running run's side --------------------------------------------------------------
 
