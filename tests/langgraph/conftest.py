@@ -1,4 +1,4 @@
-"""LangGraph test fixtures: a coordinator per backend and a saver per LangGraph saver kind."""
+"""LangGraph test fixtures: a coordinator per backend (tests/fastapi's), a saver per kind."""
 
 from __future__ import annotations
 
@@ -13,22 +13,10 @@ import pytest_asyncio
 
 import agentlocks
 from agentlocks import Coordinator
-from tests.conftest import BACKENDS, backend_url_for
+from tests.conftest import backend_url_for
+from tests.fastapi.conftest import backend_url as backend_url  # one backend per param
+from tests.fastapi.conftest import coord as coord  # a coordinator on it, own namespace
 from tests.langgraph._graphs import SAVERS, open_saver
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """The URL of one backend from the table (skipped if its server is not up)."""
-    return backend_url_for(request.param)
-
-
-@pytest_asyncio.fixture
-async def coord(backend_url: str) -> AsyncIterator[Coordinator]:
-    """A coordinator on the backend under test, in a namespace no other test uses."""
-    namespace = f"lg-{uuid.uuid4().hex[:12]}"
-    async with agentlocks.connect(backend_url, namespace=namespace) as c:
-        yield c
 
 
 @pytest_asyncio.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -13,7 +15,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import RunControl, Runtime
 from langgraph.types import Command, interrupt
 
-from agentlocks import AcquireTimeout, Coordinator, QueueFull, ThreadBusy
+from agentlocks import AcquireTimeout, ConfigError, Coordinator, QueueFull, ThreadBusy
 from agentlocks.langgraph import GuardedGraph, guard_graph
 from tests.langgraph._graphs import chat_graph, user
 from tests.langgraph.test_graph import cfg, messages_of
@@ -233,3 +235,109 @@ async def test_sync_entry_points_are_refused(memory_coord: Coordinator, thread_i
     with pytest.raises(RuntimeError, match="asyncio-only"):
         graph.update_state(cfg(thread_id), {"messages": []})
     assert await messages_of(graph, thread_id) == []
+
+
+async def test_reentry_on_another_thread_takes_that_threads_lock(
+    memory_coord: Coordinator,
+) -> None:
+    """From inside a run on thread "x:1", a call on thread "1" is not mistaken for re-entry."""
+    seen: list[bool] = []
+
+    async def call_other(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        async def probe(inner: MessagesState) -> dict[str, list[BaseMessage]]:
+            seen.append(await is_held(memory_coord, "1"))
+            return {"messages": [AIMessage("probed")]}
+
+        builder = StateGraph(MessagesState)
+        builder.add_node("probe", probe)
+        builder.add_edge(START, "probe")
+        other = guard_graph(builder.compile(checkpointer=InMemorySaver()), memory_coord)
+        await other.ainvoke(user(1), cfg("1"))
+        return {"messages": [AIMessage("called")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("call_other", call_other)
+    builder.add_edge(START, "call_other")
+    graph = guard_graph(builder.compile(checkpointer=InMemorySaver()), memory_coord)
+    await graph.ainvoke(user(0), cfg("x:1"))
+    assert seen == [True]
+
+
+async def test_abulk_update_state_and_astream_reject(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """abulk_update_state waits like aupdate_state; astream on a busy thread rejects too."""
+    from langgraph.types import StateUpdate
+
+    graph = guard_graph(chat_graph(InMemorySaver(), delay=SLOW), memory_coord)
+    run = asyncio.create_task(graph.ainvoke(user(0), cfg(thread_id)))
+    await until_held(memory_coord, thread_id)
+    update = asyncio.create_task(
+        graph.abulk_update_state(
+            cfg(thread_id), [[StateUpdate({"messages": [HumanMessage("bulk", id="bulk")]})]]
+        )
+    )
+    await asyncio.sleep(0.1)
+    assert not update.done()
+    rejecting = guard_graph(chat_graph(InMemorySaver()), memory_coord, on_busy="reject")
+    with pytest.raises(ThreadBusy):
+        async for _ in rejecting.astream(user(1), cfg(thread_id)):
+            pass
+    await asyncio.gather(run, update)
+    assert [m.content for m in await messages_of(graph, thread_id)][-1] == "bulk"
+
+
+async def test_acquire_thread_holds_a_run_slot_until_the_stream_ends(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """With max_concurrent_runs, acquire_thread also takes a slot; stream_with gives it back."""
+    graph = guard_graph(
+        chat_graph(InMemorySaver()), memory_coord, max_concurrent_runs=1, timeout=0.1
+    )
+    lease = await graph.acquire_thread(thread_id)
+    with pytest.raises(AcquireTimeout):  # the only slot is taken, by the acquired thread
+        await graph.ainvoke(user(1), cfg("other-thread"))
+    assert not await is_held(memory_coord, "other-thread")  # its thread lock was let go
+    async for _ in graph.stream_with(lease, user(0), cfg(thread_id)):
+        pass
+    await graph.ainvoke(user(1), cfg("other-thread"))
+    spare = await graph.acquire_thread(thread_id)
+    await graph.release_thread(spare)
+    assert not await is_held(memory_coord, thread_id)
+
+
+async def test_bad_options_and_leases_are_refused(memory_coord: Coordinator) -> None:
+    """Bad options are ConfigError before any I/O; stream_with wants its thread's held lease."""
+    compiled = chat_graph(InMemorySaver())
+    for options in (
+        {"on_busy": "rollback"},
+        {"timeout": -1},
+        {"max_concurrent_runs": 0},
+        {"max_waiting": -1},
+        {"drain_timeout": -1},
+    ):
+        with pytest.raises(ConfigError):
+            guard_graph(compiled, memory_coord, **options)
+    with pytest.raises(ConfigError, match="compiled LangGraph graph"):
+        guard_graph(object(), memory_coord)  # type: ignore[arg-type]
+    graph = guard_graph(compiled, memory_coord)
+    with pytest.raises(ConfigError, match="already guarded"):
+        guard_graph(graph, memory_coord)
+    lease = await graph.acquire_thread("a")
+    with pytest.raises(ValueError, match="held lease of the config's thread 'b'"):
+        graph.stream_with(lease, user(0), cfg("b"))
+    await graph.release_thread(lease)
+    with pytest.raises(ValueError, match="held lease"):
+        graph.stream_with(lease, user(0), cfg("a"))
+
+
+def test_missing_langgraph_is_an_actionable_config_error() -> None:
+    """Without LangGraph, importing agentlocks.langgraph names the extra to install."""
+    code = (
+        "import sys; sys.modules['langgraph'] = None\n"
+        "try:\n    import agentlocks.langgraph\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ConfigError ")
+    assert "pip install 'agentlocks[langgraph]'" in out.stdout

@@ -82,6 +82,21 @@ async def test_astream_events_v2_holds_until_closed(coord: Coordinator, thread_i
     assert "on_chain_end" in names and not await is_held(coord, other)
 
 
+@pytest.mark.filterwarnings("ignore:astream_events version='v1' is deprecated")
+async def test_astream_events_v1_holds_until_closed(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """astream_events (v1, deprecated upstream) holds the lock too, until closed."""
+    graph = guarded_agent(memory_coord)
+    events = graph.astream_events(user(0), cfg(thread_id), version="v1")
+    async for event in events:
+        if event["event"] == "on_chat_model_end":
+            assert await is_held(memory_coord, thread_id)
+            break
+    await events.aclose()
+    await until_held(memory_coord, thread_id, held=False)
+
+
 @pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
 async def test_astream_events_v3_frees_on_abort_and_output(
     coord: Coordinator, thread_id: str
@@ -106,7 +121,7 @@ async def test_astream_events_v3_frees_on_abort_and_output(
 
 
 async def test_stream_with_frees_however_it_ends(coord: Coordinator, thread_id: str) -> None:
-    """stream_with's body frees the lease when exhausted, closed or dropped before starting."""
+    """stream_with's body frees the lease when exhausted, closed, or dropped (started or not)."""
     graph = guarded_agent(coord)
     body = graph.stream_with(await graph.acquire_thread(thread_id), user(0), cfg(thread_id))
     assert await is_held(coord, thread_id)
@@ -117,6 +132,15 @@ async def test_stream_with_frees_however_it_ends(coord: Coordinator, thread_id: 
     del body  # dropped without a close: the finaliser gives the lease back
     gc.collect()
     await until_held(coord, thread_id, held=False)
+
+    # Left suspended mid-stream and dropped (what Starlette does on ASGI >= 2.4 servers).
+    other = f"{thread_id}-2"
+    body = graph.stream_with(await graph.acquire_thread(other), user(9), cfg(other))
+    await anext(body)
+    assert await is_held(coord, other)
+    del body
+    gc.collect()
+    await until_held(coord, other, held=False)
 
     lease = await graph.acquire_thread(thread_id)
     body = graph.stream_with(lease, user(2), cfg(thread_id), stream_mode="updates")
@@ -149,8 +173,7 @@ async def test_stream_with_frees_on_failure(memory_coord: Coordinator, thread_id
 async def test_cancelled_run_frees_only_after_its_writes(
     memory_coord: Coordinator, thread_id: str
 ) -> None:
-    """Cancelled by a scope (as Starlette cancels on disconnect) while its checkpoint write is
-    in flight, a run frees the lock only after the write: the next run sees its message."""
+    """A run cancelled by a scope mid-write frees the lock after the write; the next run sees it."""
     graph = guard_graph(chat_graph(SlowSaver(0.2), delay=1.0), memory_coord)
     scope = anyio.CancelScope()
 

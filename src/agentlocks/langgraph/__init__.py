@@ -14,17 +14,22 @@ Needs ``pip install 'agentlocks[langgraph]'``; ``import agentlocks`` does not im
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 from agentlocks.errors import ConfigError
 
-if importlib.util.find_spec("langgraph") is None:  # pragma: no cover - without the extra
-    raise ConfigError("agentlocks.langgraph needs LangGraph: pip install 'agentlocks[langgraph]'")
-
-from ._graph import GuardedGraph as GuardedGraph
-from ._graph import guard_graph as guard_graph
-from ._streams import LeasedStream as LeasedStream
+try:
+    from ._graph import GuardedGraph as GuardedGraph
+    from ._graph import guard_graph as guard_graph
+    from ._streams import LeasedStream as LeasedStream
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    missing = (getattr(exc, "name", None) or "").partition(".")[0]
+    if missing not in ("langgraph", "langchain_core"):
+        raise
+    raise ConfigError(
+        "agentlocks.langgraph needs LangGraph >= 1.2 (langgraph.runtime.RunControl): "
+        "pip install 'agentlocks[langgraph]'"
+    ) from exc
 
 __all__ = ["GuardedGraph", "LeasedStream", "guard_checkpointer", "guard_graph"]
 

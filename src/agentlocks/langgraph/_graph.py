@@ -2,24 +2,22 @@
 
 The guarded graph is the same graph (same nodes, channels, checkpointer), as an instance of
 a subclass of the wrapped graph's own class that overrides the few entry points every run
-goes through: ``astream`` (``ainvoke``, ``astream_events`` v1/v2/v3, ``abatch``,
-``with_retry`` and ``bind`` all reach it) and ``abulk_update_state`` (``aupdate_state``
-reaches it). So nothing can slip past the lock by calling a method this module forgot, and
-``isinstance(guarded, CompiledStateGraph)`` still holds.
+goes through: ``astream`` (``astream_events`` v1/v2/v3 reach it), ``ainvoke`` (``abatch``,
+``with_retry`` and ``bind`` reach it) and ``abulk_update_state`` (``aupdate_state`` reaches
+it). So nothing can slip past the lock by calling a method this module forgot, and
+``isinstance(guarded, CompiledStateGraph)`` still holds. A run's work is done by
+:class:`~._holding.GuardedRun`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Final, cast
+from typing import Any, cast
 
-import anyio
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from langgraph._internal._config import ensure_config
-from langgraph.errors import GraphDrained
 from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
 from langgraph.types import StateUpdate
@@ -29,22 +27,12 @@ from agentlocks.coordinator import Coordinator
 from agentlocks.errors import ConfigError
 
 from ._context import current_lease
-from ._run import (
-    PARENT_CONTROL_KEY,
-    Guard,
-    Held,
-    OnBusy,
-    Relay,
-    drain_module,
-    is_nested,
-    release_after,
-    run_control,
-    with_lease,
-)
+from ._controls import PARENT_CONTROL_KEY
+from ._holding import GuardedRun
+from ._run import Guard, Held, OnBusy, is_nested, thread_key, with_lease
 
 __all__ = ["GuardedGraph", "guard_graph"]
 
-_CANCEL_REASON: Final = "agentlocks: cancelled after drain_timeout for a newer run"
 _classes: dict[type[Pregel[Any, Any, Any, Any]], type[GuardedGraph]] = {}
 
 
@@ -169,6 +157,12 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
         """
         from ._streams import LeasedStream, ndjson
 
+        thread_id = ensure_config(self.config, config)["configurable"].get("thread_id")
+        if lease.released or lease.key != thread_key(thread_id):
+            raise ValueError(
+                f"stream_with needs the held lease of the config's thread {thread_id!r} "
+                f"(from acquire_thread), got {lease!r}"
+            )
         slot = self._agentlocks_guard.slots.pop(lease, None)
         held = Held(lease, slot)
         return LeasedStream(
@@ -183,133 +177,54 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
 
     # -- the run ----------------------------------------------------------------------------
 
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """``Pregel.ainvoke``, holding the thread's lock for the whole run.
+
+        Also reachable through ``astream``; done here as one step (one task for the whole
+        run instead of one per chunk), the hot path of most applications.
+        """
+        guard = self._agentlocks_guard
+        configurable = ensure_config(self.config, config)["configurable"]
+        thread_id = configurable.get("thread_id")
+        invoke = super().ainvoke
+        if thread_id is None or is_nested(configurable, thread_id):
+            return await invoke(input, config, **kwargs)
+        held = await guard.take(thread_id)
+        control = kwargs.pop("control", None)
+        run = await GuardedRun.start(self, guard, held, thread_id, config, configurable, control)
+        async with run:
+            return await run.step(lambda: invoke(input, run.config, control=run.control, **kwargs))
+
     async def _guarded(
         self, held: Held | None, input: Any, config: Any, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         guard = self._agentlocks_guard
         configurable = ensure_config(self.config, config)["configurable"]
         thread_id = configurable.get("thread_id")
+        stream = super().astream
         if held is None and (thread_id is None or is_nested(configurable, thread_id)):
             # A subgraph, a re-entry, or a graph without a thread: the run (or no one) holds.
-            passing = cast("AsyncGenerator[Any, None]", super().astream(input, config, **kwargs))
+            passing = cast("AsyncGenerator[Any, None]", stream(input, config, **kwargs))
             async with contextlib.aclosing(passing):
                 async for chunk in passing:
                     yield chunk
             return
         if held is None:
             held = await guard.take(thread_id)
-        run = _RunState()
-        released = False
-        relay: Relay | None = None
-        try:
-            # Invariant: from here every exit releases ``held`` (a given one included).
-            guard.warn_lent_checkpointer(configurable)
-            control = run_control(kwargs.pop("control", None), configurable)()
-            relay = Relay(control)
-            signals = guard.signals
-            watch = (
-                signals.watch(str(thread_id), relay, run.cancel)
-                if signals is not None
-                else contextlib.nullcontext()
+        control = kwargs.pop("control", None)
+        run = await GuardedRun.start(self, guard, held, thread_id, config, configurable, control)
+        async with run:
+            inner = cast(
+                "AsyncGenerator[Any, None]",
+                stream(input, run.config, control=run.control, **kwargs),
             )
-            async with watch:
-                locked = cast("RunnableConfig", with_lease(config, held.lease))
-                inner = cast(
-                    "AsyncGenerator[Any, None]",
-                    super().astream(input, locked, control=control, **kwargs),
-                )
-                async with contextlib.aclosing(inner):
-                    while True:
-                        try:
-                            chunk = await _step(inner, held.lease, run)
-                        except StopAsyncIteration:
-                            break
-                        yield chunk
-        except GraphDrained:
-            if relay is not None and relay.fired:
-                await self._close_dangling(config, held)
-            raise
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if run.cancelled and (me is None or me.cancelling() == 0):
-                # Only our own cancel (drain_timeout elapsed) stopped it; LangGraph has
-                # unwound and saved what it had: the run ends as drained.
-                await self._close_dangling(config, held)
-                raise GraphDrained(_CANCEL_REASON) from None
-            # Cancelled by the caller (a client disconnect). The step has settled, so
-            # LangGraph's exit task has flushed the run's writes; release without awaiting
-            # (a cancelled finally is re-cancelled by anyio and Starlette scopes).
-            released = True
-            release_after(held, None)
-            raise
-        finally:
-            if not released:
-                await held.release()
-
-    async def _close_dangling(self, config: Any, held: Held) -> None:
-        """After a drain we asked for: leave no tool call unanswered (still holding)."""
-        token = current_lease.set(held.lease)
-        try:
-            await drain_module().close_dangling_tool_calls(self, with_lease(config, held.lease))
-        finally:
-            current_lease.reset(token)
-
-
-async def _step(inner: AsyncGenerator[Any, None], lease: Lease, run: _RunState) -> Any:
-    """The next chunk of LangGraph's stream, computed in a task of its own.
-
-    Invariant: LangGraph's loop is cancelled at most once. Awaited in the caller's task, a
-    cancel scope (anyio, Starlette on disconnect) re-cancels every await of its cleanup,
-    including the exit task that flushes the run's checkpoint writes, and those writes
-    would still be in flight when the next run reads the thread. In its own task the step
-    gets one cancellation, unwinds cleanly, and the caller waits for that, shielded.
-    """
-    # The step's task copies this context: the lease is visible to the saver and to
-    # re-entry from nodes. Reset at once: the next step may be awaited in another task
-    # (a v3 stream pumps each step in a task of its own) whose context never saw this set.
-    token = current_lease.set(lease)
-    try:
-        step = asyncio.ensure_future(inner.__anext__())
-    finally:
-        current_lease.reset(token)
-    run.task = step
-    try:
-        return await asyncio.shield(step)
-    except asyncio.CancelledError:
-        if not step.done():
-            step.cancel()
-            await _settle(step)
-        raise
-    finally:
-        run.task = None
-
-
-async def _settle(task: asyncio.Future[Any]) -> None:
-    """Wait until ``task`` is done, whatever cancels the caller meanwhile."""
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            # asyncio.wait never cancels what it waits for; a native cancel of the caller
-            # ends only this wait, and the caller re-raises its cancellation afterwards.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()  # retrieved: the caller reports its own cancellation instead
-
-
-class _RunState:
-    """The step task of a guarded run, for the drain signals' cancel request."""
-
-    __slots__ = ("cancelled", "task")
-
-    def __init__(self) -> None:
-        self.task: asyncio.Future[Any] | None = None
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        task = self.task
-        if task is not None and not task.done() and not self.cancelled:
-            self.cancelled = True
-            task.cancel(_CANCEL_REASON)
+            async with contextlib.aclosing(inner):
+                while True:
+                    try:
+                        chunk = await run.step(inner.__anext__)
+                    except StopAsyncIteration:
+                        break
+                    yield chunk
 
 
 def _per_item(config: Any, count: int, kwargs: dict[str, Any]) -> list[Any]:
@@ -362,6 +277,30 @@ def guard_graph(
         max_waiting: Runs that may wait per thread, cluster-wide: ``QueueFull``.
         max_concurrent_runs: Cluster-wide cap on guarded runs, taken after the thread lock.
         drain_timeout: ``"interrupt"`` only: seconds a running node may finish in.
+
+    What callers see:
+
+    * A run waits for (or is refused) its thread before it reads any state; the lock is
+      ``f"langgraph:{thread_id}"``, held until the run ends: for a stream, until it is
+      exhausted, fails, is closed (``aclose()``, a v3 ``abort()``) or cancelled. A stream
+      never iterated never takes the lock. A stream closed mid-run leaves the thread as
+      LangGraph leaves it (possibly with a tool call the model asked for and no tool ran).
+    * Cancellation (a client disconnect) reaches LangGraph once and the lock is freed only
+      after LangGraph has unwound and flushed the run's writes, so the next run reads them.
+    * A subgraph call, or a node re-entering the same thread, passes through (it is part of
+      the run that holds the lock). A run waiting in ``interrupt()`` for a human holds
+      nothing; the resume takes the lock again.
+    * ``aupdate_state`` / ``abulk_update_state`` wait for a running run (``"reject"``
+      raises ``ThreadBusy``); they never interrupt one.
+    * With ``"interrupt"``, the stopped run raises ``langgraph.errors.GraphDrained`` (its
+      checkpoint saved; a tool call left unanswered is closed with a ``ToolMessage`` first);
+      its ``RunControl`` is the caller's ``control=`` if one was passed.
+    * ``abatch`` runs each item with its own lock and ``RunControl`` (a ``control=`` given
+      to ``abatch`` drains every item, and draining one item drains only that one).
+    * Sync ``invoke``/``stream``/``batch``/``update_state`` raise ``RuntimeError``: the lock
+      is async-only (nested sync calls inside a guarded run still pass through).
+    * A checkpointer lent through ``config["configurable"]["__pregel_checkpointer"]``
+      (as servers do) bypasses the graph's own: a ``RuntimeWarning`` says so, once.
 
     Raises:
         ConfigError: A bad option (before any I/O).

@@ -8,67 +8,32 @@ the ``"interrupt"`` strategy, and the warn-once flag for lent checkpointers.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
-
-from langgraph.runtime import RunControl
+from typing import Any, Final, Literal
 
 from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 from agentlocks.errors import Busy, ConfigError, ThreadBusy
 
 from ._context import LEASE_KEY, lease_for
-
-
-class DrainSignals(Protocol):
-    """The ``"interrupt"`` strategy's cross-process signals (``_drain.DrainSignals``).
-
-    ``watch`` is entered by the running run right after it holds the thread's lock and
-    exited when the run ends; meanwhile a drain request for the thread (from any process)
-    calls ``control.request_drain()`` and a cancel request calls ``cancel()``. It may be
-    entered in one task and exited in another (a v3 stream pumps each step in its own).
-    """
-
-    def watch(
-        self, thread_id: str, control: RunControl, cancel: Callable[[], None]
-    ) -> AbstractAsyncContextManager[None]: ...
-
-    async def request_drain(self, thread_id: str) -> None: ...
-
-    async def request_cancel(self, thread_id: str) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-def drain_module() -> Any:
-    """``agentlocks.langgraph._drain``, imported on first use of ``on_busy="interrupt"``."""
-    return importlib.import_module("agentlocks.langgraph._drain")
-
+from ._controls import PARENT_CONTROL_KEY, DrainSignals, drain_module
 
 __all__ = [
-    "INTERRUPT_REASON",
-    "DrainSignals",
     "Guard",
     "Held",
-    "LinkedControl",
     "OnBusy",
-    "Relay",
     "is_nested",
     "release_after",
     "thread_key",
+    "with_lease",
 ]
 
 OnBusy = Literal["enqueue", "reject", "interrupt"]
 
 RUNS_SEMAPHORE: Final = "langgraph-runs"
-INTERRUPT_REASON: Final = "agentlocks: interrupted by a newer run on this thread"
-PARENT_CONTROL_KEY: Final = "__agentlocks_batch_control__"
-"""``configurable`` entry carrying a caller's ``control=`` from ``abatch`` to each item."""
 
 _TASK_ID: Final = "__pregel_task_id"
 _CHECKPOINTER: Final = "__pregel_checkpointer"
@@ -92,49 +57,9 @@ def is_nested(configurable: Mapping[str, Any], thread_id: object) -> bool:
     """
     if _TASK_ID in configurable:
         return True
-    return lease_for({"configurable": configurable}, thread_id) is not None
-
-
-class LinkedControl(RunControl):
-    """One ``abatch`` item's own ``RunControl`` that also obeys the caller's shared one.
-
-    Draining one item (the ``"interrupt"`` strategy asks it for its thread) must not drain
-    the other items; a drain the caller requests on the control it passed drains them all.
-    """
-
-    __slots__ = ("_parent",)
-
-    def __init__(self, parent: RunControl) -> None:
-        super().__init__()
-        self._parent = parent
-
-    @property
-    def drain_requested(self) -> bool:
-        return self._drain_reason is not None or self._parent.drain_requested
-
-    @property
-    def drain_reason(self) -> str | None:
-        return self._drain_reason or self._parent.drain_reason
-
-
-class Relay(RunControl):
-    """What the drain signals are given: records that *we* asked the run to stop.
-
-    A drain the user requests (a SIGTERM handler, say) leaves the run resumable; only a
-    drain caused by a newer run on the thread closes dangling tool calls afterwards.
-    """
-
-    __slots__ = ("fired", "target")
-
-    def __init__(self, target: RunControl) -> None:
-        super().__init__()
-        self.target = target
-        self.fired = False
-
-    def request_drain(self, reason: str = INTERRUPT_REASON) -> None:
-        self.fired = True
-        self._drain_reason = reason
-        self.target.request_drain(INTERRUPT_REASON)
+    # The exact key, not lease_for's suffix match: thread "x:1" must not pass for "1".
+    lease = lease_for({"configurable": configurable}, thread_id)
+    return lease is not None and lease.key == thread_key(thread_id)
 
 
 @dataclass(slots=True)
@@ -182,19 +107,6 @@ def _finished(task: asyncio.Task[None]) -> None:
             RuntimeWarning,
             stacklevel=1,
         )
-
-
-def exit_task_of(exc: BaseException) -> asyncio.Future[Any] | None:
-    """LangGraph's loop exit task, carried in a ``CancelledError``'s args (or its context)."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the loop's error handling may wrap it in another cancellation
-        if seen is None:
-            return None
-        for arg in seen.args:
-            if isinstance(arg, asyncio.Future):
-                return arg
-        seen = seen.__context__
-    return None
 
 
 @dataclass(slots=True, eq=False)
@@ -281,6 +193,8 @@ class Guard:
                 ) from exc
         elif self.on_busy == "interrupt" and not for_update:
             lease = await self._take_interrupting(thread_id, key)
+        elif self.timeout is None and self.max_waiting is None:
+            lease = await self.coord.acquire(key)  # no options: the core's hot path
         else:
             lease = await self.coord.acquire(
                 key, timeout=self.timeout, max_waiting=self.max_waiting
@@ -340,18 +254,6 @@ def _abandon(waiter: asyncio.Future[Lease]) -> None:
 
     waiter.cancel()
     waiter.add_done_callback(release_if_granted)
-
-
-def run_control(
-    control: RunControl | None, configurable: Mapping[str, Any]
-) -> Callable[[], RunControl]:
-    """The root run's ``RunControl``: the caller's, else a fresh one (linked in a batch)."""
-    if control is not None:
-        return lambda: control
-    parent = configurable.get(PARENT_CONTROL_KEY)
-    if isinstance(parent, RunControl):
-        return lambda: LinkedControl(parent)
-    return RunControl
 
 
 def with_lease(config: Mapping[str, Any] | None, lease: Lease) -> dict[str, Any]:
