@@ -21,6 +21,7 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.backends import Grant, LostCallback
 from agentlocks.backends._memory_heads import HeadTable
+from agentlocks.backends._signals import LocalSignals
 from agentlocks.backends.memory import MemoryBackend
 from agentlocks.errors import BackendError
 
@@ -31,6 +32,7 @@ class _SharedState:
     generations: dict[str, int] = field(default_factory=dict)
     heads: HeadTable = field(default_factory=HeadTable)
     tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    signals: LocalSignals = field(default_factory=LocalSignals)
 
 
 class LossyBackend(MemoryBackend):
@@ -46,6 +48,7 @@ class LossyBackend(MemoryBackend):
         self._generations = state.generations
         self._heads = state.heads
         self._tokens = state.tokens
+        self._signals = state.signals  # signals reach every instance, as a server's would
         self.on_lost = on_lost
         self.renew_calls = 0
         self.fail_renewals = False

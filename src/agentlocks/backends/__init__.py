@@ -14,6 +14,7 @@ from ._base import HeadSwap as HeadSwap
 from ._base import HolderInfo as HolderInfo
 from ._base import KeyInfo as KeyInfo
 from ._base import LostCallback as LostCallback
+from ._base import SignalCallback as SignalCallback
 
 __all__ = [
     "Backend",
@@ -25,4 +26,5 @@ __all__ = [
     "KeyInfo",
     "LostCallback",
     "Settings",
+    "SignalCallback",
 ]

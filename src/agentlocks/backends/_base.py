@@ -45,7 +45,9 @@ round trip. Records expire by themselves ``ttl`` seconds after their last swap
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -62,6 +64,7 @@ __all__ = [
     "HolderInfo",
     "KeyInfo",
     "LostCallback",
+    "SignalCallback",
 ]
 
 
@@ -154,6 +157,21 @@ class HeadSwap:
 LostCallback = Callable[[Grant], None]
 """Called by a backend, on the event loop, when it learns on its own that a grant is gone."""
 
+SignalCallback = Callable[[str, int], None]
+"""Called by a backend, on the event loop, with ``(kind, mark)`` of a signal a watch receives."""
+
+
+def deliver_safely(deliver: SignalCallback, kind: str, mark: int) -> None:
+    """Call a watch's callback; an error in it is logged, never raised into the backend.
+
+    Backends deliver from the task that reads their subscription (or from the sender, in
+    process): a failing callback must not break that reader or the sender.
+    """
+    try:
+        deliver(kind, mark)
+    except Exception:
+        logging.getLogger("agentlocks").exception("a signal watch failed on %r", kind)
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -233,6 +251,39 @@ class Backend(Protocol):
 
         Generations never go backwards: publishing a lower value leaves the higher one.
         """
+        ...
+
+    async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
+        """Send signal ``kind`` to the holders of ``resource``, in any process; return its mark.
+
+        The *mark* is a fresh token: greater than the token of every grant on ``resource``
+        made before the call, smaller than the token of every grant made after it. So a
+        holder acts on a signal only if its mark exceeds the holder's own token, and a
+        signal meant for one holder never reaches the next one. (``mark``: reuse the mark
+        an earlier call returned, to reach exactly the holders that one reached.)
+
+        Durable: the highest mark of each ``kind`` is kept as a record of the resource
+        that expires after ``ttl`` seconds, read by every watch that starts and again
+        after a watch's subscription reconnects; and ``(kind, mark)`` is pushed to the
+        current watches of the resource. Signals are rare; their cost is one round trip.
+        """
+        ...
+
+    def watch_signals(
+        self, resource: str, deliver: SignalCallback
+    ) -> AbstractAsyncContextManager[None]:
+        """Deliver the signals of ``resource`` to ``deliver(kind, mark)`` while inside.
+
+        Entering returns once the watch is subscribed (pushed, never polled) and the
+        records stored at that moment were delivered, so a signal sent just before the
+        watch started is not missed. After a lost subscription is restored, the records
+        are delivered again: ``deliver`` must be idempotent. It runs on the event loop
+        and must not block. Nothing is delivered once the block is left.
+        """
+        ...
+
+    async def clear_signal(self, resource: str, kind: str, mark: int) -> None:
+        """Delete the record of ``kind`` on ``resource`` if its mark is still ``mark``."""
         ...
 
     async def aclose(self) -> None:

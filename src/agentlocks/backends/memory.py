@@ -19,14 +19,16 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import ClassVar
 
 from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import AgentLocksError, Busy, QueueFull
 
-from ._base import Grant, HeadSwap, HolderInfo, LostCallback, describe
+from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
 from ._memory_heads import HeadTable
+from ._signals import LocalSignals
 
 __all__ = ["MemoryBackend"]
 
@@ -90,6 +92,7 @@ class MemoryBackend:
         self._generations: dict[str, int] = {}
         self._heads = HeadTable()
         self._tokens = itertools.count(1)
+        self._signals = LocalSignals()
 
     def __repr__(self) -> str:
         return f"MemoryBackend(namespace={self._settings.namespace!r}, keys={len(self._entries)})"
@@ -264,6 +267,19 @@ class MemoryBackend:
     def drop_heads_nowait(self, resource: str) -> None:
         """``drop_heads`` without suspending."""
         self._heads.drop(resource)
+
+    async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
+        # A fresh mark is a token drawn from the same counter as grants: greater than
+        # every token issued so far, smaller than every later one (see Backend.signal).
+        return self._signals.send(resource, kind, ttl, next(self._tokens) if mark is None else mark)
+
+    def watch_signals(
+        self, resource: str, deliver: SignalCallback
+    ) -> AbstractAsyncContextManager[None]:
+        return self._signals.watch(resource, deliver)
+
+    async def clear_signal(self, resource: str, kind: str, mark: int) -> None:
+        self._signals.clear(resource, kind, mark)
 
     async def aclose(self) -> None:
         # Waiting requests fail at once (nobody would ever hand them a grant); they leave
