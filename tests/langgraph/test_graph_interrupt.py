@@ -36,7 +36,12 @@ class LocalSignals:
 
     @contextlib.asynccontextmanager
     async def watch(
-        self, thread_id: str, control: RunControl, cancel: Callable[[], None]
+        self,
+        thread_id: str,
+        control: RunControl,
+        cancel: Callable[[], None],
+        *,
+        lease: object = None,
     ) -> AsyncIterator[None]:
         self.watching[thread_id] = (control, cancel)
         try:

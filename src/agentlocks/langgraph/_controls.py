@@ -17,6 +17,8 @@ from typing import Any, Final, Protocol
 
 from langgraph.runtime import RunControl
 
+from agentlocks._lease import Lease
+
 __all__ = [
     "INTERRUPT_REASON",
     "PARENT_CONTROL_KEY",
@@ -42,7 +44,12 @@ class DrainSignals(Protocol):
     """
 
     def watch(
-        self, thread_id: str, control: RunControl, cancel: Callable[[], None]
+        self,
+        thread_id: str,
+        control: RunControl,
+        cancel: Callable[[], None],
+        *,
+        lease: Lease | None = None,
     ) -> AbstractAsyncContextManager[None]: ...
 
     async def request_drain(self, thread_id: str) -> None: ...

@@ -86,7 +86,10 @@ class GuardedRun:
             if signals is not None:
                 exits = contextlib.AsyncExitStack()
                 await exits.enter_async_context(
-                    signals.watch(str(self.thread_id), self.relay, self._cancel)
+                    # The held lease says which requests are for this run (no lookup).
+                    signals.watch(
+                        str(self.thread_id), self.relay, self._cancel, lease=self.held.lease
+                    )
                 )
                 self._exits = exits
         except BaseException:
