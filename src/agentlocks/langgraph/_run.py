@@ -1,0 +1,364 @@
+"""The policy of a guarded run: which lock, how to wait for it, and how to let it go.
+
+One :class:`Guard` is shared by a guarded graph and every copy of it (``with_config``,
+``copy``): the coordinator, the ``on_busy`` strategy and its options, the drain signals of
+the ``"interrupt"`` strategy, and the warn-once flag for lent checkpointers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
+
+from langgraph.runtime import RunControl
+
+from agentlocks._lease import Lease
+from agentlocks.coordinator import Coordinator
+from agentlocks.errors import Busy, ConfigError, ThreadBusy
+
+from ._context import LEASE_KEY, lease_for
+
+
+class DrainSignals(Protocol):
+    """The ``"interrupt"`` strategy's cross-process signals (``_drain.DrainSignals``).
+
+    ``watch`` is entered by the running run right after it holds the thread's lock and
+    exited when the run ends; meanwhile a drain request for the thread (from any process)
+    calls ``control.request_drain()`` and a cancel request calls ``cancel()``. It may be
+    entered in one task and exited in another (a v3 stream pumps each step in its own).
+    """
+
+    def watch(
+        self, thread_id: str, control: RunControl, cancel: Callable[[], None]
+    ) -> AbstractAsyncContextManager[None]: ...
+
+    async def request_drain(self, thread_id: str) -> None: ...
+
+    async def request_cancel(self, thread_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def drain_module() -> Any:
+    """``agentlocks.langgraph._drain``, imported on first use of ``on_busy="interrupt"``."""
+    return importlib.import_module("agentlocks.langgraph._drain")
+
+
+__all__ = [
+    "INTERRUPT_REASON",
+    "DrainSignals",
+    "Guard",
+    "Held",
+    "LinkedControl",
+    "OnBusy",
+    "Relay",
+    "is_nested",
+    "release_after",
+    "thread_key",
+]
+
+OnBusy = Literal["enqueue", "reject", "interrupt"]
+
+RUNS_SEMAPHORE: Final = "langgraph-runs"
+INTERRUPT_REASON: Final = "agentlocks: interrupted by a newer run on this thread"
+PARENT_CONTROL_KEY: Final = "__agentlocks_batch_control__"
+"""``configurable`` entry carrying a caller's ``control=`` from ``abatch`` to each item."""
+
+_TASK_ID: Final = "__pregel_task_id"
+_CHECKPOINTER: Final = "__pregel_checkpointer"
+
+# Releases deferred until LangGraph's exit task is done: strong references, or the event
+# loop (which keeps only weak ones) could collect a pending release and leave the key held.
+_pending: set[asyncio.Task[None]] = set()
+
+
+def thread_key(thread_id: object) -> str:
+    """The lock key of a LangGraph thread (``guard_checkpointer`` relies on the same key)."""
+    return f"langgraph:{thread_id}"
+
+
+def is_nested(configurable: Mapping[str, Any], thread_id: object) -> bool:
+    """Whether a call must pass through: it runs inside a run that already holds the lock.
+
+    True when LangGraph runs the graph as a task of another graph (a subgraph: its config
+    carries ``__pregel_task_id``), or the config or the calling context carries the lease of
+    this very thread (re-entry from a node; locking again would deadlock on ourselves).
+    """
+    if _TASK_ID in configurable:
+        return True
+    return lease_for({"configurable": configurable}, thread_id) is not None
+
+
+class LinkedControl(RunControl):
+    """One ``abatch`` item's own ``RunControl`` that also obeys the caller's shared one.
+
+    Draining one item (the ``"interrupt"`` strategy asks it for its thread) must not drain
+    the other items; a drain the caller requests on the control it passed drains them all.
+    """
+
+    __slots__ = ("_parent",)
+
+    def __init__(self, parent: RunControl) -> None:
+        super().__init__()
+        self._parent = parent
+
+    @property
+    def drain_requested(self) -> bool:
+        return self._drain_reason is not None or self._parent.drain_requested
+
+    @property
+    def drain_reason(self) -> str | None:
+        return self._drain_reason or self._parent.drain_reason
+
+
+class Relay(RunControl):
+    """What the drain signals are given: records that *we* asked the run to stop.
+
+    A drain the user requests (a SIGTERM handler, say) leaves the run resumable; only a
+    drain caused by a newer run on the thread closes dangling tool calls afterwards.
+    """
+
+    __slots__ = ("fired", "target")
+
+    def __init__(self, target: RunControl) -> None:
+        super().__init__()
+        self.target = target
+        self.fired = False
+
+    def request_drain(self, reason: str = INTERRUPT_REASON) -> None:
+        self.fired = True
+        self._drain_reason = reason
+        self.target.request_drain(INTERRUPT_REASON)
+
+
+@dataclass(slots=True)
+class Held:
+    """What one guarded run holds: the thread's lease and, with a cap, a run slot."""
+
+    lease: Lease
+    slot: Lease | None = None
+
+    async def release(self) -> None:
+        """Release the slot, then the thread (both idempotent; shielded by the core)."""
+        try:
+            if self.slot is not None:
+                await self.slot.release()
+        finally:
+            await self.lease.release()
+
+
+def release_after(held: Held, exit_task: asyncio.Future[Any] | None) -> None:
+    """Release ``held`` once ``exit_task`` (LangGraph's loop cleanup) is done; never await.
+
+    Used on cancellation: awaiting in a cancelled ``finally`` is re-cancelled by anyio and
+    Starlette cancel scopes, and releasing before the exit task has flushed the run's
+    checkpoint writes would let the next run read a stale head (the lost update again).
+    """
+
+    def start(_: object = None) -> None:
+        task = asyncio.get_event_loop().create_task(held.release())
+        _pending.add(task)
+        task.add_done_callback(_finished)
+
+    if exit_task is None or exit_task.done():
+        start()
+    else:
+        exit_task.add_done_callback(start)
+
+
+def _finished(task: asyncio.Task[None]) -> None:
+    _pending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # Nobody awaits a deferred release; a lost lease must still be loud (guarantee 6).
+        warnings.warn(
+            f"agentlocks: releasing a LangGraph thread after cancellation failed: "
+            f"{task.exception()!r}",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+
+
+def exit_task_of(exc: BaseException) -> asyncio.Future[Any] | None:
+    """LangGraph's loop exit task, carried in a ``CancelledError``'s args (or its context)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the loop's error handling may wrap it in another cancellation
+        if seen is None:
+            return None
+        for arg in seen.args:
+            if isinstance(arg, asyncio.Future):
+                return arg
+        seen = seen.__context__
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class Guard:
+    """The shared policy of one guarded graph and its copies."""
+
+    coord: Coordinator
+    on_busy: OnBusy
+    timeout: float | None
+    max_waiting: int | None
+    max_concurrent_runs: int | None
+    drain_timeout: float
+    warned_lent_checkpointer: bool = False
+    _signals: DrainSignals | None = None
+    slots: dict[Lease, Lease] = field(default_factory=dict)  # acquire_thread's run slots
+
+    def __post_init__(self) -> None:
+        if self.on_busy not in ("enqueue", "reject", "interrupt"):
+            raise ConfigError(
+                f"on_busy must be 'enqueue', 'reject' or 'interrupt', got {self.on_busy!r}"
+            )
+        if self.timeout is not None and self.timeout < 0:
+            raise ConfigError(f"timeout must be >= 0 or None, got {self.timeout!r}")
+        if self.drain_timeout < 0:
+            raise ConfigError(f"drain_timeout must be >= 0, got {self.drain_timeout!r}")
+        cap = self.max_concurrent_runs
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"max_concurrent_runs must be an int >= 1 or None, got {cap!r}")
+        # Validate the lock options now (no I/O): a bad max_waiting fails at guard time.
+        self.coord.acquire("langgraph:check", timeout=self.timeout, max_waiting=self.max_waiting)
+
+    @property
+    def signals(self) -> DrainSignals | None:
+        """The drain signals of the ``"interrupt"`` strategy, made on first use."""
+        if self.on_busy != "interrupt":
+            return None
+        if self._signals is None:
+            self._signals = drain_module().DrainSignals(self.coord)
+        return self._signals
+
+    async def aclose(self) -> None:
+        """Stop the drain signals' listener, if any."""
+        signals, self._signals = self._signals, None
+        if signals is not None:
+            await signals.aclose()
+
+    def warn_lent_checkpointer(self, configurable: Mapping[str, Any]) -> None:
+        """Warn once when a config lends a checkpointer that is not a guarded one."""
+        saver = configurable.get(_CHECKPOINTER)
+        if saver is None or self.warned_lent_checkpointer:
+            return
+        if type(saver).__module__.startswith("agentlocks."):
+            return
+        self.warned_lent_checkpointer = True
+        warnings.warn(
+            f"config['configurable']['{_CHECKPOINTER}'] lends a {type(saver).__name__} that "
+            "bypasses the graph's own checkpointer: the thread lock still holds, but writes "
+            "are not fenced; wrap it with agentlocks.langgraph.guard_checkpointer",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    # -- taking the thread --------------------------------------------------------------
+
+    async def take(self, thread_id: object, *, for_update: bool = False) -> Held:
+        """Take the thread's lock as ``on_busy`` says, then a run slot if capped.
+
+        ``for_update`` (state updates): ``"reject"`` still rejects, but ``"interrupt"``
+        waits like ``"enqueue"``: a state update never stops a running run.
+
+        Raises:
+            ThreadBusy: ``on_busy="reject"`` and the thread is running.
+            AcquireTimeout, QueueFull: ``timeout`` / ``max_waiting`` (HTTP 503).
+        """
+        started = time.monotonic()
+        key = thread_key(thread_id)
+        if self.on_busy == "reject":
+            try:
+                lease = await self.coord.acquire(key, wait=False)
+            except Busy as exc:
+                raise ThreadBusy(
+                    f"thread {thread_id!r} is already running a run (on_busy='reject')",
+                    key=key,
+                ) from exc
+        elif self.on_busy == "interrupt" and not for_update:
+            lease = await self._take_interrupting(thread_id, key)
+        else:
+            lease = await self.coord.acquire(
+                key, timeout=self.timeout, max_waiting=self.max_waiting
+            )
+        held = Held(lease)
+        if self.max_concurrent_runs is None:
+            return held
+        try:
+            held.slot = await self.coord.semaphore(
+                RUNS_SEMAPHORE, self.max_concurrent_runs, timeout=self._left(started)
+            )
+        except BaseException:
+            # Invariant: a caller that gets no Held holds nothing (cancellation included).
+            await held.release()
+            raise
+        return held
+
+    def _left(self, started: float) -> float | None:
+        if self.timeout is None:
+            return None
+        return max(0.0, self.timeout - (time.monotonic() - started))
+
+    async def _take_interrupting(self, thread_id: object, key: str) -> Lease:
+        """Ask the running run (any process) to drain; cancel it after ``drain_timeout``."""
+        try:
+            return await self.coord.acquire(key, wait=False)
+        except Busy:
+            pass
+        signals = self.signals
+        assert signals is not None  # on_busy == "interrupt"
+        await signals.request_drain(str(thread_id))
+        # One request keeps its place in the FIFO queue across the drain timeout: a second
+        # acquire after it would queue behind whoever arrived meanwhile.
+        waiter = asyncio.ensure_future(
+            _wait(self.coord.acquire(key, timeout=self.timeout, max_waiting=self.max_waiting))
+        )
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=self.drain_timeout)
+            if not done:
+                await signals.request_cancel(str(thread_id))
+            return await waiter
+        except BaseException:
+            _abandon(waiter)
+            raise
+
+
+async def _wait(request: Awaitable[Lease]) -> Lease:
+    return await request
+
+
+def _abandon(waiter: asyncio.Future[Lease]) -> None:
+    """Cancel a lock request we stopped waiting for; release it if it was granted anyway."""
+
+    def release_if_granted(fut: asyncio.Future[Lease]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            release_after(Held(fut.result()), None)
+
+    waiter.cancel()
+    waiter.add_done_callback(release_if_granted)
+
+
+def run_control(
+    control: RunControl | None, configurable: Mapping[str, Any]
+) -> Callable[[], RunControl]:
+    """The root run's ``RunControl``: the caller's, else a fresh one (linked in a batch)."""
+    if control is not None:
+        return lambda: control
+    parent = configurable.get(PARENT_CONTROL_KEY)
+    if isinstance(parent, RunControl):
+        return lambda: LinkedControl(parent)
+    return RunControl
+
+
+def with_lease(config: Mapping[str, Any] | None, lease: Lease) -> dict[str, Any]:
+    """``config`` with the lease marker in its ``configurable`` (a new dict; input untouched)."""
+    base = dict(config or {})
+    configurable = dict(base.get("configurable") or {})
+    configurable[LEASE_KEY] = lease
+    configurable.pop(PARENT_CONTROL_KEY, None)
+    base["configurable"] = configurable
+    return base
