@@ -154,3 +154,15 @@ async def open_saver(name: str, tmp_path: Path, pg_url: str | None) -> AsyncIter
             yield saver
     else:
         raise ValueError(f"unknown saver {name!r}")
+
+
+class SlowSaver(InMemorySaver):
+    """An InMemorySaver whose ``aput`` takes ``delay`` seconds: writes that are in flight."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.delay)
+        return await super().aput(*args, **kwargs)

@@ -7,6 +7,7 @@ import gc
 import json
 from typing import Any
 
+import anyio
 import pytest
 from langchain_core._api.beta_decorator import LangChainBetaWarning
 from langgraph.checkpoint.memory import InMemorySaver
@@ -14,7 +15,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from agentlocks import Coordinator
 from agentlocks.langgraph import guard_graph
-from tests.langgraph._graphs import agent_graph, chat_graph, user
+from tests.langgraph._graphs import SlowSaver, agent_graph, chat_graph, user
 from tests.langgraph.test_graph import cfg, messages_of
 from tests.langgraph.test_graph_behaviour import is_held, until_held
 
@@ -143,3 +144,25 @@ async def test_stream_with_frees_on_failure(memory_coord: Coordinator, thread_id
         async for _ in body:
             pass
     assert not await is_held(memory_coord, thread_id)
+
+
+async def test_cancelled_run_frees_only_after_its_writes(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """Cancelled by a scope (as Starlette cancels on disconnect) while its checkpoint write is
+    in flight, a run frees the lock only after the write: the next run sees its message."""
+    graph = guard_graph(chat_graph(SlowSaver(0.2), delay=1.0), memory_coord)
+    scope = anyio.CancelScope()
+
+    async def first_run() -> None:
+        with scope:  # re-cancels every await of the run's cleanup, as a task group would
+            await graph.ainvoke(user(0), cfg(thread_id))
+
+    first = asyncio.create_task(first_run())
+    await until_held(memory_coord, thread_id)
+    await asyncio.sleep(0.05)  # the input checkpoint's aput is under way
+    scope.cancel()
+    second = asyncio.create_task(graph.ainvoke(user(1), cfg(thread_id)))
+    await asyncio.gather(first, second)
+    contents = [m.content for m in await messages_of(graph, thread_id)]
+    assert contents == ["msg-0", "msg-1", "reply to msg-1"]

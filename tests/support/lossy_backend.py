@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.backends import Grant, LostCallback
+from agentlocks.backends._signals import LocalSignals
 from agentlocks.backends.memory import MemoryBackend
 from agentlocks.errors import BackendError
 
@@ -29,6 +30,7 @@ class _SharedState:
     entries: dict[str, Any] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
     tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    signals: LocalSignals = field(default_factory=LocalSignals)
 
 
 class LossyBackend(MemoryBackend):
@@ -43,6 +45,7 @@ class LossyBackend(MemoryBackend):
         self._entries = state.entries
         self._generations = state.generations
         self._tokens = state.tokens
+        self._signals = state.signals  # signals reach every instance, as a server's would
         self.on_lost = on_lost
         self.renew_calls = 0
         self.fail_renewals = False

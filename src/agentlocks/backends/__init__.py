@@ -12,5 +12,15 @@ from ._base import Grant as Grant
 from ._base import HolderInfo as HolderInfo
 from ._base import KeyInfo as KeyInfo
 from ._base import LostCallback as LostCallback
+from ._base import SignalCallback as SignalCallback
 
-__all__ = ["Backend", "FastPath", "Grant", "HolderInfo", "KeyInfo", "LostCallback", "Settings"]
+__all__ = [
+    "Backend",
+    "FastPath",
+    "Grant",
+    "HolderInfo",
+    "KeyInfo",
+    "LostCallback",
+    "Settings",
+    "SignalCallback",
+]

@@ -38,6 +38,7 @@ Semantics every method must keep (the guarantees of API.md, from the backend's s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
@@ -45,7 +46,15 @@ if TYPE_CHECKING:
     from agentlocks._tasks import TaskSupervisor
     from agentlocks._url import Settings
 
-__all__ = ["Backend", "FastPath", "Grant", "HolderInfo", "KeyInfo", "LostCallback"]
+__all__ = [
+    "Backend",
+    "FastPath",
+    "Grant",
+    "HolderInfo",
+    "KeyInfo",
+    "LostCallback",
+    "SignalCallback",
+]
 
 
 class Grant:
@@ -115,6 +124,9 @@ class KeyInfo:
 
 LostCallback = Callable[[Grant], None]
 """Called by a backend, on the event loop, when it learns on its own that a grant is gone."""
+
+SignalCallback = Callable[[str, int], None]
+"""Called by a backend, on the event loop, with ``(kind, mark)`` of a signal a watch receives."""
 
 
 @runtime_checkable
@@ -192,6 +204,39 @@ class Backend(Protocol):
 
         Generations never go backwards: publishing a lower value leaves the higher one.
         """
+        ...
+
+    async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
+        """Send signal ``kind`` to the holders of ``resource``, in any process; return its mark.
+
+        The *mark* is a fresh token: greater than the token of every grant on ``resource``
+        made before the call, smaller than the token of every grant made after it. So a
+        holder acts on a signal only if its mark exceeds the holder's own token, and a
+        signal meant for one holder never reaches the next one. (``mark``: reuse the mark
+        an earlier call returned, to reach exactly the holders that one reached.)
+
+        Durable: the highest mark of each ``kind`` is kept as a record of the resource
+        that expires after ``ttl`` seconds, read by every watch that starts and again
+        after a watch's subscription reconnects; and ``(kind, mark)`` is pushed to the
+        current watches of the resource. Signals are rare; their cost is one round trip.
+        """
+        ...
+
+    def watch_signals(
+        self, resource: str, deliver: SignalCallback
+    ) -> AbstractAsyncContextManager[None]:
+        """Deliver the signals of ``resource`` to ``deliver(kind, mark)`` while inside.
+
+        Entering returns once the watch is subscribed (pushed, never polled) and the
+        records stored at that moment were delivered, so a signal sent just before the
+        watch started is not missed. After a lost subscription is restored, the records
+        are delivered again: ``deliver`` must be idempotent. It runs on the event loop
+        and must not block. Nothing is delivered once the block is left.
+        """
+        ...
+
+    async def clear_signal(self, resource: str, kind: str, mark: int) -> None:
+        """Delete the record of ``kind`` on ``resource`` if its mark is still ``mark``."""
         ...
 
     async def aclose(self) -> None:

@@ -17,13 +17,15 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import ClassVar
 
 from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import AgentLocksError, Busy, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HolderInfo, LostCallback, SignalCallback, describe
+from ._signals import LocalSignals
 
 __all__ = ["MemoryBackend"]
 
@@ -86,6 +88,7 @@ class MemoryBackend:
         self._waiting: dict[_Waiter, str] = {}
         self._generations: dict[str, int] = {}
         self._tokens = itertools.count(1)
+        self._signals = LocalSignals()
 
     def __repr__(self) -> str:
         return f"MemoryBackend(namespace={self._settings.namespace!r}, keys={len(self._entries)})"
@@ -240,6 +243,19 @@ class MemoryBackend:
         current = max(self._generations.get(name, 0), generation)
         self._generations[name] = current
         return current
+
+    async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
+        # A fresh mark is a token drawn from the same counter as grants: greater than
+        # every token issued so far, smaller than every later one (see Backend.signal).
+        return self._signals.send(resource, kind, ttl, next(self._tokens) if mark is None else mark)
+
+    def watch_signals(
+        self, resource: str, deliver: SignalCallback
+    ) -> AbstractAsyncContextManager[None]:
+        return self._signals.watch(resource, deliver)
+
+    async def clear_signal(self, resource: str, kind: str, mark: int) -> None:
+        self._signals.clear(resource, kind, mark)
 
     async def aclose(self) -> None:
         # Waiting requests fail at once (nobody would ever hand them a grant); they leave

@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -112,7 +113,7 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import COMMON_OPTIONS, Settings
 from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HolderInfo, LostCallback, SignalCallback, describe
 from ._pg_connection import Session, driver_dsn
 from ._pg_grants import DRIVER_ERRORS, Grants
 from ._pg_liveness import Liveness
@@ -120,6 +121,7 @@ from ._pg_observe import foreign_waiting, granted_unrecorded, snapshot
 from ._pg_options import OPTION_NAMES, parse_options
 from ._pg_queue import Hold, KeyState, Request
 from ._pg_session import Sessions
+from ._pg_signals import PgSignals
 from ._pg_spares import holdings, holds_any
 from ._pg_sql import MAX_SLOTS, TICKET_BITS, Keys, Sql, keys_for
 from ._pg_tickets import WaitCounts
@@ -175,6 +177,8 @@ class PostgresBackend:
         )
         self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle)
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
+        # Signals to holders (on_busy="interrupt"): _pg_signals.py.
+        self._signals = PgSignals(self._sessions, self._sql, self._namespace, tasks)
 
     def __repr__(self) -> str:
         return (
@@ -403,7 +407,21 @@ class PostgresBackend:
             raise self._error(exc) from exc
         return int(row[0])
 
+    # -- signals to holders (_pg_signals.py) -------------------------------------------------------
+
+    async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
+        return await self._signals.send(resource, kind, ttl, mark)
+
+    def watch_signals(
+        self, resource: str, deliver: SignalCallback
+    ) -> AbstractAsyncContextManager[None]:
+        return self._signals.watch(resource, deliver)
+
+    async def clear_signal(self, resource: str, kind: str, mark: int) -> None:
+        await self._signals.clear(resource, kind, mark)
+
     async def aclose(self) -> None:
+        await self._signals.aclose()
         await self._counts.aclose()
         await self._grants.aclose()
         await self._liveness.aclose()

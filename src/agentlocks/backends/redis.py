@@ -51,6 +51,7 @@ import math
 import secrets
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, cast
 
@@ -60,7 +61,7 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, Busy, QueueFull
 
-from ._base import Grant, HolderInfo, LostCallback, describe
+from ._base import Grant, HolderInfo, LostCallback, SignalCallback, describe
 from ._redis_link import OPTION_NAMES, Link
 from ._redis_scripts import (
     ACQUIRE,
@@ -76,6 +77,7 @@ from ._redis_scripts import (
     generation_key,
     lock_keys,
 )
+from ._redis_signals import RedisSignals
 from ._redis_waiting import Turns, Waiter, WaitRoom
 
 __all__ = ["RedisBackend", "RedisHandle"]
@@ -115,6 +117,7 @@ class RedisBackend:
         self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
         self._room = WaitRoom(self._open_inbox, self._refresh)
+        self._signals = RedisSignals(self._link, self._namespace, tasks)  # _redis_signals.py
         self._closed = False
 
     def __repr__(self) -> str:
@@ -256,11 +259,23 @@ class RedisBackend:
         key = generation_key(self._namespace, name)
         return int(await self._link.run(GENERATION, (key,), generation, GENERATION_KEEP_MS))
 
+    async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
+        return await self._signals.send(resource, kind, ttl, mark)
+
+    def watch_signals(
+        self, resource: str, deliver: SignalCallback
+    ) -> AbstractAsyncContextManager[None]:
+        return self._signals.watch(resource, deliver)
+
+    async def clear_signal(self, resource: str, kind: str, mark: int) -> None:
+        await self._signals.clear(resource, kind, mark)
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            await self._signals.aclose()
             waiters = self._room.fail_all(BackendError("the coordinator was closed while waiting"))
             held, self._held = list(self._held.values()), {}
             ends: list[Call] = [(w.keys, (w.request_id, w.request)) for w in waiters]

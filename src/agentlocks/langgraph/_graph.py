@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final, cast
 
+import anyio
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from langgraph._internal._config import ensure_config
@@ -35,7 +36,6 @@ from ._run import (
     OnBusy,
     Relay,
     drain_module,
-    exit_task_of,
     is_nested,
     release_after,
     run_control,
@@ -220,35 +220,27 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
                 )
                 async with contextlib.aclosing(inner):
                     while True:
-                        run.task = asyncio.current_task()
-                        # Set and reset within one step: the next step may run in another
-                        # task (the v3 stream pumps each step in a task of its own), whose
-                        # context never saw this set.
-                        token = current_lease.set(held.lease)
                         try:
-                            chunk = await inner.__anext__()
+                            chunk = await _step(inner, held.lease, run)
                         except StopAsyncIteration:
                             break
-                        finally:
-                            current_lease.reset(token)
                         yield chunk
         except GraphDrained:
             if relay is not None and relay.fired:
                 await self._close_dangling(config, held)
             raise
-        except asyncio.CancelledError as exc:
-            exit_task = exit_task_of(exc)
-            task = run.task
-            if run.cancelled and task is not None and task.uncancel() == 0:
-                # Only our own cancel (drain_timeout elapsed): the run ends as drained.
-                if exit_task is not None:
-                    await asyncio.wait({exit_task})
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if run.cancelled and (me is None or me.cancelling() == 0):
+                # Only our own cancel (drain_timeout elapsed) stopped it; LangGraph has
+                # unwound and saved what it had: the run ends as drained.
                 await self._close_dangling(config, held)
                 raise GraphDrained(_CANCEL_REASON) from None
-            # Cancelled by the caller (a client disconnect): the next run may start only
-            # once LangGraph's exit task has flushed this run's writes.
+            # Cancelled by the caller (a client disconnect). The step has settled, so
+            # LangGraph's exit task has flushed the run's writes; release without awaiting
+            # (a cancelled finally is re-cancelled by anyio and Starlette scopes).
             released = True
-            release_after(held, exit_task)
+            release_after(held, None)
             raise
         finally:
             if not released:
@@ -263,13 +255,54 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
             current_lease.reset(token)
 
 
+async def _step(inner: AsyncGenerator[Any, None], lease: Lease, run: _RunState) -> Any:
+    """The next chunk of LangGraph's stream, computed in a task of its own.
+
+    Invariant: LangGraph's loop is cancelled at most once. Awaited in the caller's task, a
+    cancel scope (anyio, Starlette on disconnect) re-cancels every await of its cleanup,
+    including the exit task that flushes the run's checkpoint writes, and those writes
+    would still be in flight when the next run reads the thread. In its own task the step
+    gets one cancellation, unwinds cleanly, and the caller waits for that, shielded.
+    """
+    # The step's task copies this context: the lease is visible to the saver and to
+    # re-entry from nodes. Reset at once: the next step may be awaited in another task
+    # (a v3 stream pumps each step in a task of its own) whose context never saw this set.
+    token = current_lease.set(lease)
+    try:
+        step = asyncio.ensure_future(inner.__anext__())
+    finally:
+        current_lease.reset(token)
+    run.task = step
+    try:
+        return await asyncio.shield(step)
+    except asyncio.CancelledError:
+        if not step.done():
+            step.cancel()
+            await _settle(step)
+        raise
+    finally:
+        run.task = None
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, whatever cancels the caller meanwhile."""
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            # asyncio.wait never cancels what it waits for; a native cancel of the caller
+            # ends only this wait, and the caller re-raises its cancellation afterwards.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller reports its own cancellation instead
+
+
 class _RunState:
-    """The task driving a guarded run, for the drain signals' cancel request."""
+    """The step task of a guarded run, for the drain signals' cancel request."""
 
     __slots__ = ("cancelled", "task")
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Future[Any] | None = None
         self.cancelled = False
 
     def cancel(self) -> None:

@@ -23,6 +23,7 @@ from ._harness import SuiteHarness as SuiteHarness
 from ._locks import LockGuarantees as LockGuarantees
 from ._queueing import QueueGuarantees as QueueGuarantees
 from ._semaphores import SemaphoreGuarantees as SemaphoreGuarantees
+from ._signals import SignalGuarantees as SignalGuarantees
 from ._stateful import StatefulSchedules as StatefulSchedules
 
 
@@ -30,6 +31,7 @@ class ConformanceSuite(
     LockGuarantees,
     QueueGuarantees,
     SemaphoreGuarantees,
+    SignalGuarantees,
     ClosingGuarantees,
     StatefulSchedules,
     SuiteHarness,
@@ -43,6 +45,7 @@ __all__ = [
     "LockGuarantees",
     "QueueGuarantees",
     "SemaphoreGuarantees",
+    "SignalGuarantees",
     "StatefulSchedules",
     "SuiteHarness",
 ]
