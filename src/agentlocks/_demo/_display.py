@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,16 @@ class Display:
     def say(self, text: str = "") -> None:
         """Print one line."""
         print(text, flush=True)
+
+    def note(self, label: str, text: str) -> None:
+        """A labelled paragraph, wrapped under its label."""
+        self.say(
+            textwrap.fill(text, 100, initial_indent=f"  {label:<8} ", subsequent_indent=" " * 11)
+        )
+
+    def verdict(self, text: str, ok: bool) -> None:
+        """The one-line verdict."""
+        self.say(text)
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int) -> Iterator[Callable[[Outcome], None]]:
@@ -72,6 +83,17 @@ class RichDisplay(Display):
 
     def say(self, text: str = "") -> None:
         self.console.print(text, highlight=False, markup=False)
+
+    def note(self, label: str, text: str) -> None:
+        from rich.padding import Padding
+        from rich.text import Text
+
+        self.console.print(Padding(Text(f"{label}  {text}", style="dim"), (0, 0, 0, 2)))
+
+    def verdict(self, text: str, ok: bool) -> None:
+        self.console.print(
+            text, style="bold green" if ok else "bold red", highlight=False, markup=False
+        )
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int) -> Iterator[Callable[[Outcome], None]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ._load import Outcome, Thread
 
-__all__ = ["COLUMNS", "Result", "verdict"]
+__all__ = ["COLUMNS", "LEGEND", "Result", "verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +123,15 @@ COLUMNS = (
 )
 """Result table headers: messages expected / kept / lost, dangling tool calls, answers."""
 
+LEGEND = (
+    "expected: the users' messages and the answers they received; kept: of those, still in "
+    "the conversation's checkpoint at the end; dangling: tool calls left without an answer "
+    "(the thread is wedged); 409: thread busy; 503: over capacity, retry later; failed: "
+    "errors (a run crashed on a corrupted history, a cut stream); p50/p99: latency of the "
+    "answered requests; throughput: answered requests per second"
+)
+"""What the columns mean, printed under the table."""
+
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "(no detail)"
@@ -152,13 +161,13 @@ def verdict(unguarded: Result | None, guarded: Result | None, *, shared_memory: 
     served = f"lost nothing ({guarded.kept} of {guarded.expected} messages kept)"
     refusals = []
     if guarded.conflicts:
-        refusals.append(f"{guarded.conflicts} x 409 to double-texts")
+        refusals.append(f"409 to {guarded.conflicts} double-texts")
     if guarded.unavailable:
-        refusals.append(f"{guarded.unavailable} x 503 above capacity")
-    if guarded.interrupted:
-        refusals.append(f"{guarded.interrupted} runs interrupted by a newer message")
+        refusals.append(f"503 to {guarded.unavailable} requests above capacity")
     if refusals:
-        served += ", answering " + ", ".join(refusals) + " instead"
+        served += ", answering " + " and ".join(refusals)
+    if guarded.interrupted:
+        served += f"; {guarded.interrupted} runs were interrupted by a newer message"
     if unguarded is None:
         return f"guarded by agentlocks: {served}"
     return f"unguarded: {_damage(unguarded)}; guarded by agentlocks: {served}"

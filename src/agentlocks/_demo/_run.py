@@ -18,7 +18,7 @@ from agentlocks._url import redact_url
 from ._display import Display
 from ._load import RoundRobin, audit, drive, forget
 from ._replicas import Replica, ReplicaError, start_replicas, stop_replicas
-from ._report import Result, verdict
+from ._report import LEGEND, Result, verdict
 from ._scenario import Scenario
 from ._settings import AppSettings, Strategy
 
@@ -31,6 +31,12 @@ class DemoError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+_CORRUPTED = (
+    "a run read the conversation while another run's tool call was still unanswered; "
+    "the history it built is invalid, and so is every later turn built on it"
+)
 
 
 def _is_postgres(url: str) -> bool:
@@ -111,9 +117,13 @@ async def run(
     unguarded, guarded = results
     for result in results:
         for detail in result.failures:
-            display.say(f"  {result.label} failure: {detail}")
+            if "INVALID_CHAT_HISTORY" in detail or "do not have a corresponding" in detail:
+                detail += f" ({_CORRUPTED})"
+            display.note("failed", f"{result.label}: {detail}")
     display.say()
-    display.say(verdict(unguarded, guarded, shared_memory=shared_memory))
+    display.note("columns", LEGEND)
+    display.say()
+    display.verdict(verdict(unguarded, guarded, shared_memory=shared_memory), guarded.clean)
     return 0 if guarded.clean else 1
 
 
@@ -161,11 +171,12 @@ def _intro(
         f"max_concurrent_runs={s.capacity}, timeout={s.timeout:g})"
     )
     if shared_memory:
-        display.say(
-            f"  note     memory:// locks live inside one process: {replicas} replicas are "
-            f"{replicas} separate lock tables, so the guarded run cannot protect a "
-            "conversation whose messages reach different replicas. Expect it to lose "
-            "messages too; use --url redis://... or --url postgresql://..."
+        display.note(
+            "note",
+            f"memory:// locks live inside one process: {replicas} replicas are {replicas} "
+            "separate lock tables, so the guarded run cannot protect a conversation whose "
+            "messages reach different replicas. Expect it to lose messages too; use "
+            "--url redis://... or --url postgresql://...",
         )
 
 

@@ -21,7 +21,10 @@ from ._settings import AppSettings
 
 def _exit_with_driver() -> None:
     """Stop (as on SIGTERM) once the driver's end of our stdin closes: it exited or died."""
-    sys.stdin.buffer.read()
+    # os.read, not sys.stdin: a daemon thread blocked inside the buffered reader holds its
+    # lock, and the interpreter cannot then shut down cleanly after a failed startup.
+    while os.read(0, 4096):
+        pass
     os.kill(os.getpid(), signal.SIGTERM)
 
 
