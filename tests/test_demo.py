@@ -77,6 +77,13 @@ def test_demo_reject_strategy_answers_double_texts_409() -> None:
     assert rows["guarded"]["409"] > 0 and rows["unguarded"]["409"] == 0, output
 
 
+def test_demo_interrupt_strategy_stops_the_running_turn_and_loses_nothing() -> None:
+    """--strategy interrupt: double-texts interrupt the running turn; nothing is lost."""
+    status, output, rows = run_demo("--strategy", "interrupt")
+    assert_guarded_kept_everything(status, output, rows)
+    assert "runs were interrupted by a newer message" in output
+
+
 @pytest.mark.redis
 def test_demo_two_replicas_on_redis_guarded_run_loses_nothing() -> None:
     """Two replicas sharing Redis locks and a SQLite checkpointer: the guarded run is whole."""

@@ -30,7 +30,9 @@ class Result:
         p50, p99: Latency of the answered requests, in seconds.
         throughput: Answered requests per second of the run.
         sent: Requests sent.
-        failures: A few of the failures' details.
+        corrupted: Failures that are LangGraph's ``INVALID_CHAT_HISTORY``: the run read a
+            history holding another run's unanswered tool call.
+        failures: A few details of the other failures.
     """
 
     label: str
@@ -45,6 +47,7 @@ class Result:
     p99: float
     throughput: float
     sent: int
+    corrupted: int = 0
     failures: tuple[str, ...] = ()
 
     @property
@@ -88,6 +91,9 @@ class Result:
             held = threads[outcome.thread].message_ids
             expected += len(outcome.promised)
             kept += sum(1 for m in outcome.promised if m in held)
+        failed = [o.detail for o in outcomes if o.kind == "failed"]
+        corrupted = [d for d in failed if _is_corrupted(d)]
+        others = {_first_line(d) for d in failed if not _is_corrupted(d)}
         answered = sorted(o.latency for o in outcomes if o.kind in ("ok", "interrupted"))
         return cls(
             label=label,
@@ -102,9 +108,8 @@ class Result:
             p99=_quantile(answered, 0.99),
             throughput=len(answered) / seconds if seconds > 0 else 0.0,
             sent=len(outcomes),
-            failures=tuple(sorted({_first_line(o.detail) for o in outcomes if o.kind == "failed"}))[
-                :3
-            ],
+            corrupted=len(corrupted),
+            failures=tuple(sorted(others))[:3],
         )
 
 
@@ -131,6 +136,10 @@ LEGEND = (
     "answered requests; throughput: answered requests per second"
 )
 """What the columns mean, printed under the table."""
+
+
+def _is_corrupted(detail: str) -> bool:
+    return "INVALID_CHAT_HISTORY" in detail
 
 
 def _first_line(text: str) -> str:

@@ -34,8 +34,9 @@ class DemoError(Exception):
 
 
 _CORRUPTED = (
-    "a run read the conversation while another run's tool call was still unanswered; "
-    "the history it built is invalid, and so is every later turn built on it"
+    "runs failed with LangGraph's INVALID_CHAT_HISTORY: each read its conversation while "
+    "another run's tool call had no answer yet, so its model call got an invalid history "
+    "(a real provider answers 400)"
 )
 
 
@@ -116,9 +117,9 @@ async def run(
     display.table(results)
     unguarded, guarded = results
     for result in results:
+        if result.corrupted:
+            display.note("failed", f"{result.label}: {result.corrupted} {_CORRUPTED}")
         for detail in result.failures:
-            if "INVALID_CHAT_HISTORY" in detail or "do not have a corresponding" in detail:
-                detail += f" ({_CORRUPTED})"
             display.note("failed", f"{result.label}: {detail}")
     display.say()
     display.note("columns", LEGEND)
