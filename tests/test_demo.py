@@ -132,3 +132,30 @@ def test_demo_unreachable_server_is_one_line_without_the_password(
     out = capsys.readouterr().out.strip()
     assert out.startswith("agentlocks demo: cannot reach") and "\n" not in out, out
     assert "s3cret-pw" not in out
+
+
+def test_result_counts_promised_messages_missing_from_the_history_as_lost() -> None:
+    """A 200's message and answer are expected; 409/503 promise nothing; interrupted, 1."""
+    from agentlocks._demo._load import Outcome, Thread
+    from agentlocks._demo._report import Result, verdict
+
+    outcomes = [
+        Outcome("ok", "t1", "m1", "a1", 0.1),
+        Outcome("ok", "t1", "m2", "a2", 0.3),
+        Outcome("interrupted", "t1", "m3", None, 0.2),
+        Outcome("409", "t2", "m4", None, 0.01),
+        Outcome("503", "t2", "m5", None, 0.5),
+        Outcome("failed", "t2", "m6", None, 0.2, "ValueError: INVALID_CHAT_HISTORY ...\nmore"),
+    ]
+    threads = {
+        "t1": Thread(frozenset({"m1", "m2", "a2", "m3"}), dangling=0),
+        "t2": Thread(frozenset(), dangling=1),
+    }
+    result = Result.of("unguarded", outcomes, threads, seconds=2.0)
+    assert (result.expected, result.kept, result.lost) == (5, 4, 1)
+    assert (result.conflicts, result.unavailable, result.failed) == (1, 1, 1)
+    assert result.corrupted == 1 and result.failures == () and result.dangling == 1
+    assert result.throughput == 1.5 and not result.clean
+    line = verdict(result, result, shared_memory=True)
+    assert "NOT clean: lost 1 of 5 messages, 1 dangling tool calls" in line
+    assert "cannot protect several replicas" in line

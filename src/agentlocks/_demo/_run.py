@@ -40,6 +40,12 @@ _CORRUPTED = (
 )
 
 
+_WHAT = {
+    "unguarded": "the app as many agent backends are written: no lock, no cap",
+    "guarded": "the same app with its two agentlocks lines switched on",
+}
+
+
 def _is_postgres(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("postgres", "postgresql")
 
@@ -185,6 +191,7 @@ async def _play(
     display: Display, label: str, fleet: list[Replica], scenario: Scenario, tag: str
 ) -> Result:
     prefix = f"demo-{tag}-{label}"
+    display.say(f"  {label:<9}  {_WHAT[label]}")
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         balancer = RoundRobin(client, [r.base_url for r in fleet])
@@ -192,6 +199,9 @@ async def _play(
             started = time.monotonic()
             outcomes = await drive(scenario, balancer, prefix, update)
             seconds = time.monotonic() - started
-        threads = await audit(balancer, (o.thread for o in outcomes))
-        await forget(balancer, threads)
+        try:
+            threads = await audit(balancer, (o.thread for o in outcomes))
+            await forget(balancer, threads)
+        except httpx.HTTPError as exc:
+            raise DemoError(f"could not read the conversations back: {exc!r}") from None
     return Result.of(label, outcomes, threads, seconds)
