@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -87,17 +87,24 @@ class ScriptedModel(BaseChatModel):
 
 
 def agent(
-    checkpointer: BaseCheckpointSaver[Any], *, model_delay: float = 0.02, tool_delay: float = 0.02
+    checkpointer: BaseCheckpointSaver[Any],
+    *,
+    model_delay: float = 0.02,
+    tool_delay: float = 0.02,
+    entered: Callable[[str], None] | None = None,
 ) -> Any:
     """A ReAct agent: model -> tools -> model, refusing an invalid chat history.
 
     ``tool_delay`` is the time the tool takes for turn 1 (``"msg-1"``); later turns' tool
     calls take 0.02 s, so a test of a slow first run does not wait for slow later ones.
+    ``entered("model")`` / ``entered("tool")`` is called as each call begins.
     """
     model = ScriptedModel(delay=model_delay)
 
     async def lookup(query: str) -> str:
         """Look ``query`` up (scripted)."""
+        if entered is not None:
+            entered("tool")
         await asyncio.sleep(tool_delay if query == "msg-1" else 0.02)
         return f"result for {query}"
 
@@ -112,6 +119,8 @@ def agent(
                     error_code=ErrorCode.INVALID_CHAT_HISTORY,
                 )
             )
+        if entered is not None:
+            entered("model")
         return {"messages": [await model.ainvoke(state["messages"])]}
 
     builder = StateGraph(MessagesState)
@@ -131,13 +140,11 @@ async def interrupting_run(
     thread_id: str,
     *,
     drain_timeout: float,
-    started: asyncio.Event | None = None,
 ) -> tuple[str, Any]:
     """Run turn ``turn`` on ``thread_id`` the ``"interrupt"`` way; return (outcome, result).
 
     ``outcome`` is ``"done"``, ``"drained"`` (stopped at a step boundary) or
     ``"cancelled"`` (did not reach one within the other run's drain timeout).
-    ``started`` is set once this run holds the thread and watches.
     """
     key = thread_key(thread_id)
     config: Any = {"configurable": {"thread_id": thread_id}}
@@ -155,8 +162,6 @@ async def interrupting_run(
         run = asyncio.ensure_future(graph.ainvoke(user(turn), config, control=control))
         outcome, result = "done", None
         async with signals.watch(thread_id, control, run.cancel, lease=lease):
-            if started is not None:
-                started.set()
             try:
                 result = await run
             except GraphDrained:

@@ -30,6 +30,18 @@ class Control(RunControl):
         self.drained.set()
 
 
+class Cancels:
+    """A ``cancel`` callback that counts its calls (and sets ``called``)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.called = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.called.set()
+
+
 @asynccontextmanager
 async def coordinators(name: str) -> AsyncIterator[Callable[[], Coordinator]]:
     """Yield a factory of coordinators on backend ``name`` sharing one fresh namespace.

@@ -37,15 +37,14 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
 
 async def test_drain_between_model_and_tools_leaves_a_valid_history(make: Factory) -> None:
     """Run 1 stops after its model step; its tool call is closed; run 2 and run 3 succeed."""
-    graph = agent(InMemorySaver(), model_delay=0.3)
+    in_model = asyncio.Event()
+    graph = agent(InMemorySaver(), model_delay=0.3, entered=lambda what: in_model.set())
     a, b = make(), make()
     thread = f"t-{uuid.uuid4().hex[:8]}"
-    started = asyncio.Event()
     first = asyncio.create_task(
-        interrupting_run(graph, a, DrainSignals(a), 1, thread, drain_timeout=5, started=started)
+        interrupting_run(graph, a, DrainSignals(a), 1, thread, drain_timeout=5)
     )
-    await started.wait()
-    await asyncio.sleep(0.05)  # run 1 is inside its model call
+    await in_model.wait()  # run 1 is inside its model call
     outcome2, result2 = await interrupting_run(
         graph, b, DrainSignals(b), 2, thread, drain_timeout=5
     )
@@ -78,16 +77,16 @@ async def test_node_longer_than_the_drain_timeout_is_cancelled_after_it_not_befo
     make: Factory,
 ) -> None:
     """A tool still running at the drain timeout is cancelled then, not earlier; history valid."""
-    graph = agent(InMemorySaver(), tool_delay=5.0)
+    in_tool = asyncio.Event()
+    entered = lambda what: in_tool.set() if what == "tool" else None  # noqa: E731
+    graph = agent(InMemorySaver(), tool_delay=5.0, entered=entered)
     a, b = make(), make()
     thread = f"t-{uuid.uuid4().hex[:8]}"
-    started = asyncio.Event()
     drain_timeout = 0.5
     first = asyncio.create_task(
-        interrupting_run(graph, a, DrainSignals(a), 1, thread, drain_timeout=9, started=started)
+        interrupting_run(graph, a, DrainSignals(a), 1, thread, drain_timeout=9)
     )
-    await started.wait()
-    await asyncio.sleep(0.2)  # run 1 is inside its 5 s tool call
+    await in_tool.wait()  # run 1 is inside its 5 s tool call
     asked = time.monotonic()
     second = asyncio.create_task(
         interrupting_run(graph, b, DrainSignals(b), 2, thread, drain_timeout=drain_timeout)

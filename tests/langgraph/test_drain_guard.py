@@ -14,7 +14,7 @@ from langgraph.errors import GraphDrained
 
 from agentlocks import Coordinator
 from agentlocks.langgraph import guard_graph
-from agentlocks.langgraph._drain import INTERRUPTED_TOOL_CALL, thread_key
+from agentlocks.langgraph._drain import INTERRUPTED_TOOL_CALL
 
 from ._drain_graphs import agent, dangling_tool_calls, user
 from ._drain_support import BACKEND_NAMES, coordinators
@@ -29,27 +29,19 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         yield factory
 
 
-async def held_soon(coord: Coordinator, thread_id: str) -> None:
-    """Wait until some run holds ``thread_id``'s lock."""
-    for _ in range(500):
-        if (await coord.inspect(thread_key(thread_id))).held:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the first run never took the thread")
-
-
 async def test_guarded_interrupt_drains_at_the_boundary_and_keeps_history_valid(
     make: Factory,
 ) -> None:
     """Run 1 raises GraphDrained after its model step; run 2 and a third run answer."""
     saver = InMemorySaver()
     a, b = make(), make()
-    first = guard_graph(agent(saver, model_delay=0.4), a, on_busy="interrupt", drain_timeout=5)
+    in_model = asyncio.Event()
+    slow = agent(saver, model_delay=0.4, entered=lambda what: in_model.set())
+    first = guard_graph(slow, a, on_busy="interrupt", drain_timeout=5)
     second = guard_graph(agent(saver), b, on_busy="interrupt", drain_timeout=5)
     config: Any = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
     run1 = asyncio.create_task(first.ainvoke(user(1), config))
-    await held_soon(a, config["configurable"]["thread_id"])
-    await asyncio.sleep(0.15)  # run 1 is inside its model call (0.4 s)
+    await in_model.wait()  # run 1 is inside its model call (0.4 s)
     result2 = await second.ainvoke(user(2), config)
     with pytest.raises(GraphDrained):
         await run1
@@ -68,12 +60,15 @@ async def test_guarded_interrupt_cancels_a_slow_node_after_the_drain_timeout(
     """A tool outlasting drain_timeout is cancelled then, not before; run 2 answers."""
     saver = InMemorySaver()
     a, b = make(), make()
-    first = guard_graph(agent(saver, tool_delay=5.0), a, on_busy="interrupt", drain_timeout=9)
+    in_tool = asyncio.Event()
+    entered = lambda what: in_tool.set() if what == "tool" else None  # noqa: E731
+    first = guard_graph(
+        agent(saver, tool_delay=5.0, entered=entered), a, on_busy="interrupt", drain_timeout=9
+    )
     second = guard_graph(agent(saver), b, on_busy="interrupt", drain_timeout=0.5)
     config: Any = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}"}}
     run1 = asyncio.create_task(first.ainvoke(user(1), config))
-    await held_soon(a, config["configurable"]["thread_id"])
-    await asyncio.sleep(0.2)  # run 1 is inside its 5 s tool call
+    await in_tool.wait()  # run 1 is inside its 5 s tool call
     asked = time.monotonic()
     run2 = asyncio.create_task(second.ainvoke(user(2), config))
     with pytest.raises(GraphDrained):

@@ -15,17 +15,13 @@ from agentlocks.backends.redis import RedisBackend
 from agentlocks.langgraph._drain import DrainSignals, thread_key
 from tests.conftest import backend_url_for
 
-from ._drain_support import Control
-
-
-def never() -> None:
-    """A cancel callback that must not be called."""
-    raise AssertionError("cancel() was called")
+from ._drain_support import Cancels, Control
 
 
 @pytest.mark.redis
 async def test_redis_signal_published_while_subscription_is_down_is_read_on_reconnect() -> None:
     """Kill the watcher's pub/sub link and signal in one pipeline: the re-read drains the run."""
+    never = Cancels()
     url = backend_url_for("redis")
     namespace = f"drain-{uuid.uuid4().hex[:12]}"
     raw = aioredis.Redis.from_url(url, decode_responses=True)
@@ -51,11 +47,13 @@ async def test_redis_signal_published_while_subscription_is_down_is_read_on_reco
             await pipe.execute()
             await asyncio.wait_for(control.drained.wait(), 5)
     await raw.aclose()
+    assert never.calls == 0
 
 
 @pytest.mark.postgres
 async def test_postgres_signal_notified_while_listen_is_down_is_read_on_reconnect() -> None:
     """Terminate the watcher's LISTEN session, then signal: the re-read after it is back drains."""
+    never = Cancels()
     url = backend_url_for("postgresql")
     namespace = f"drain-{uuid.uuid4().hex[:12]}"
     app = f"drain-{uuid.uuid4().hex[:10]}"
@@ -78,3 +76,4 @@ async def test_postgres_signal_notified_while_listen_is_down_is_read_on_reconnec
             await DrainSignals(b).request_drain("p1")
             await asyncio.wait_for(control.drained.wait(), 5)
     await admin.close()
+    assert never.calls == 0

@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 from agentlocks import ConfigError, Coordinator
 from agentlocks.backends._redis_signals import signal_keys
 from agentlocks.backends._signals import LocalSignals
+from agentlocks.langgraph._context import current_lease
 from agentlocks.langgraph._drain import DrainSignals, thread_key
 
-from ._drain_support import BACKEND_NAMES, Control, coordinators
+from ._drain_support import BACKEND_NAMES, Cancels, Control, coordinators
 
 Factory = Callable[[], Coordinator]
 
@@ -57,15 +58,11 @@ async def leftovers(coord: Coordinator, thread_id: str) -> int:
         await conn.close()
 
 
-def never() -> None:
-    """A cancel callback that must not be called."""
-    raise AssertionError("cancel() was called")
-
-
 async def test_drain_request_from_another_coordinator_reaches_the_watching_run(
     make: Factory,
 ) -> None:
     """A drain request sent through coordinator B sets drain on the run watching in A."""
+    never = Cancels()
     a, b = make(), make()
     control = Control()
     async with (
@@ -76,20 +73,24 @@ async def test_drain_request_from_another_coordinator_reaches_the_watching_run(
         await DrainSignals(b).request_drain("t1")
         await asyncio.wait_for(control.drained.wait(), 5)
     assert control.drain_reason is not None and "interrupted" in control.drain_reason
+    assert never.calls == 0
 
 
 async def test_request_sent_before_the_watch_started_is_seen_on_entry(make: Factory) -> None:
     """A request made after the lock was granted but before watch() began applies at entry."""
+    never = Cancels()
     a, b = make(), make()
     control = Control()
     async with a.acquire(thread_key("t2")) as lease:
         await DrainSignals(b).request_drain("t2")
         async with DrainSignals(a).watch("t2", control, never, lease=lease):
             assert control.drain_requested  # no waiting: read from the stored record
+    assert never.calls == 0
 
 
 async def test_request_for_an_earlier_holder_never_reaches_the_next_run(make: Factory) -> None:
     """A request sent while run 1 held the thread does not drain run 2 (the requester's own)."""
+    never = Cancels()
     a, b = make(), make()
     first = await a.acquire(thread_key("t3"))
     await DrainSignals(b).request_drain("t3")
@@ -101,6 +102,7 @@ async def test_request_for_an_earlier_holder_never_reaches_the_next_run(make: Fa
     ):
         await asyncio.sleep(0.2)  # time for any push to arrive
         assert not control.drain_requested
+    assert never.calls == 0
 
 
 async def test_cancel_request_calls_cancel_once(make: Factory) -> None:
@@ -130,6 +132,7 @@ async def test_cancel_request_calls_cancel_once(make: Factory) -> None:
 
 async def test_cancel_reaches_only_the_run_its_drain_request_reached(make: Factory) -> None:
     """If the thread changed hands after the drain request, the new run drains, uncancelled."""
+    never = Cancels()
     a, b, c = make(), make(), make()
     requester = DrainSignals(b)
     first = await a.acquire(thread_key("t5"))
@@ -144,10 +147,12 @@ async def test_cancel_reaches_only_the_run_its_drain_request_reached(make: Facto
         await requester.request_cancel("t5")  # after its drain timeout, say
         await asyncio.wait_for(control.drained.wait(), 5)
         await asyncio.sleep(0.1)  # a cancel would have arrived by now
+    assert never.calls == 0
 
 
 async def test_records_acted_on_are_cleared_when_the_watch_ends(make: Factory) -> None:
     """After the drained run's watch exits, no signal record of its thread remains."""
+    never = Cancels()
     a, b = make(), make()
     control = Control()
     async with (
@@ -158,19 +163,31 @@ async def test_records_acted_on_are_cleared_when_the_watch_ends(make: Factory) -
         await asyncio.wait_for(control.drained.wait(), 5)
         assert await leftovers(a, "t6") == 1
     assert await leftovers(a, "t6") == 0
+    assert never.calls == 0
 
 
 async def test_watch_finds_the_lease_in_context_or_asks_the_backend(make: Factory) -> None:
     """Without lease=, watch() uses the held lock's token: a stale request is still ignored."""
+    never = Cancels()
     a, b = make(), make()
     first = await a.acquire(thread_key("t7"))
     await DrainSignals(b).request_drain("t7")
     await first.release()
     control = Control()
     async with a.acquire(thread_key("t7")), DrainSignals(a).watch("t7", control, never):
-        assert not control.drain_requested
+        assert not control.drain_requested  # the token came from coord.inspect()
         await DrainSignals(b).request_drain("t7")
         await asyncio.wait_for(control.drained.wait(), 5)
+    await DrainSignals(b).request_drain("t7")  # for the run that just ended
+    control = Control()
+    async with a.acquire(thread_key("t7")) as lease:
+        reset = current_lease.set(lease)  # as guard_graph sets it for its run
+        try:
+            async with DrainSignals(a).watch("t7", control, never):
+                assert not control.drain_requested
+        finally:
+            current_lease.reset(reset)
+    assert never.calls == 0
 
 
 def test_a_backend_without_signals_is_refused_with_a_clear_error() -> None:

@@ -37,6 +37,7 @@ Semantics every method must keep (the guarantees of API.md, from the backend's s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -127,6 +128,18 @@ LostCallback = Callable[[Grant], None]
 
 SignalCallback = Callable[[str, int], None]
 """Called by a backend, on the event loop, with ``(kind, mark)`` of a signal a watch receives."""
+
+
+def deliver_safely(deliver: SignalCallback, kind: str, mark: int) -> None:
+    """Call a watch's callback; an error in it is logged, never raised into the backend.
+
+    Backends deliver from the task that reads their subscription (or from the sender, in
+    process): a failing callback must not break that reader or the sender.
+    """
+    try:
+        deliver(kind, mark)
+    except Exception:
+        logging.getLogger("agentlocks").exception("a signal watch failed on %r", kind)
 
 
 @runtime_checkable

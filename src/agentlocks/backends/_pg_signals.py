@@ -35,7 +35,7 @@ import asyncpg
 
 from agentlocks._tasks import TaskSupervisor
 
-from ._base import SignalCallback
+from ._base import SignalCallback, deliver_safely
 from ._pg_connection import drain
 from ._pg_session import Sessions
 from ._pg_sql import Sql
@@ -162,7 +162,7 @@ class PgSignals:
         try:
             await self._listening()  # in place before the read, or a signal could fall between
             for row in await self._run(self._sql.read, self._namespace, [resource], rows=True):
-                deliver(row[1], int(row[2]))
+                deliver_safely(deliver, row[1], int(row[2]))
             yield
         finally:
             callbacks = self._watched[resource]
@@ -191,7 +191,7 @@ class PgSignals:
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         kind, mark, resource = payload.split(" ", 2)
         for deliver in list(self._watched.get(resource, ())):
-            deliver(kind, int(mark))
+            deliver_safely(deliver, kind, int(mark))
 
     def _lost(self, conn: Any) -> None:
         # The LISTEN connection ended under us: notifications sent from now on are lost
@@ -219,7 +219,7 @@ class PgSignals:
                     continue
                 for row in rows:
                     for deliver in list(self._watched.get(row[0], ())):
-                        deliver(row[1], int(row[2]))
+                        deliver_safely(deliver, row[1], int(row[2]))
                 return
         finally:
             self._reconnect = None

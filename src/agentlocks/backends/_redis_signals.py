@@ -34,7 +34,7 @@ from typing import Any, Final
 from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
-from ._base import SignalCallback
+from ._base import SignalCallback, deliver_safely
 from ._redis_link import Link
 from ._redis_scripts import _load, lock_keys
 from ._redis_waiting import Inbox
@@ -73,7 +73,7 @@ class _Watched:
         pairs = [(_text(k), int(_text(m))) for k, m in zip(reply[::2], reply[1::2], strict=True)]
         for deliver in list(self.callbacks):
             for kind, mark in pairs:
-                deliver(kind, mark)
+                deliver_safely(deliver, kind, mark)
 
 
 class RedisSignals:
@@ -122,7 +122,7 @@ class RedisSignals:
             await self._inbox.start()  # live before the read, or a signal could fall between
             reply = await self._link.run(SIGNALS, keys, "read")
             for kind, mark in zip(reply[::2], reply[1::2], strict=True):
-                deliver(_text(kind), int(_text(mark)))
+                deliver_safely(deliver, _text(kind), int(_text(mark)))
             yield
         finally:
             watched.callbacks.remove(deliver)
@@ -151,7 +151,7 @@ class RedisSignals:
         watched = self._watched.get(tag)
         if watched is not None:
             for deliver in list(watched.callbacks):
-                deliver(kind, mark)
+                deliver_safely(deliver, kind, mark)
 
     def _resubscribed(self) -> None:
         # Messages published while the subscription was down are lost: read every watched

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from ._base import SignalCallback
+from ._base import SignalCallback, deliver_safely
 
 __all__ = ["LocalSignals"]
 
@@ -40,7 +40,7 @@ class LocalSignals:
         self._records[(resource, kind)] = (kept, now + ttl)
         # A copy: a callback may end its own watch (or start another) while we iterate.
         for deliver in list(self._watches.get(resource, ())):
-            deliver(kind, mark)
+            deliver_safely(deliver, kind, mark)
         return mark
 
     def clear(self, resource: str, kind: str, mark: int) -> None:
@@ -61,7 +61,7 @@ class LocalSignals:
             self._purge(now)
             for (res, kind), (mark, _) in list(self._records.items()):
                 if res == resource:
-                    deliver(kind, mark)
+                    deliver_safely(deliver, kind, mark)
             yield
         finally:
             watches = self._watches[resource]

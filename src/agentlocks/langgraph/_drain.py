@@ -23,10 +23,11 @@ pushed message: a watch reads the records when it starts and again after its
 subscription reconnects, so a lost message only delays a request until the reconnect.
 As a last resort, the requester's cancel request is a second, independent signal.
 
-Cancel requests never cut short a run that was not asked to drain first for the whole
-drain timeout: :meth:`request_cancel` reuses the mark of this requester's drain request,
-so it reaches only the runs that drain request reached. If the thread changed hands in
-between (several runs were waiting), the run holding it now is only asked to drain.
+A cancel request never cuts short a run that was not asked to drain first, a whole drain
+timeout earlier: :meth:`request_cancel` reuses the mark of the same requester's drain
+request, so it reaches only the runs that drain request reached. If the thread changed
+hands in between (several runs were waiting), the run holding it now is only asked to
+drain.
 
 Costs, per run in ``"interrupt"`` mode: one round trip to read the records when the watch
 starts (plus, once per process, a pub/sub or LISTEN connection); per request, one round
@@ -42,10 +43,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-
 from agentlocks._keys import check_key
 from agentlocks._lease import Lease
+from agentlocks._tasks import finish
 from agentlocks.errors import BackendError, ConfigError
 
 from ._context import current_lease
@@ -229,14 +229,17 @@ class DrainSignals:
         return max(exclusive)
 
     async def _clear(self, resource: str, seen: dict[str, int]) -> None:
-        # Shielded: this runs while a cancelled run unwinds. Best effort: a record left
-        # behind expires, and it can never reach a later run (its mark is below their tokens).
-        with anyio.CancelScope(shield=True):
+        # Run to its end under finish(): this runs while a cancelled run unwinds, and may be
+        # cancelled again. Best effort: a record left behind expires, and it can never reach
+        # a later run (its mark is below their tokens).
+        async def clear() -> None:
             for kind, mark in seen.items():
                 try:
                     await self._backend.clear_signal(resource, kind, mark)
                 except BackendError as exc:
                     logger.warning("could not clear a %s request; it expires: %s", kind, exc)
+
+        await finish(clear())
 
     async def aclose(self) -> None:
         """Forget the requests sent (the backend's records expire by themselves)."""
