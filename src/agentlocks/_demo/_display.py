@@ -123,9 +123,15 @@ class RichDisplay(Display):
             yield update
 
     def table(self, results: Sequence[Result]) -> None:
+        from rich import box
         from rich.table import Table
 
-        table = Table(title="messages expected vs kept, answers, latency")
+        table = Table(
+            title="messages expected vs kept, answers, latency",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            collapse_padding=True,
+        )
         for i, name in enumerate(COLUMNS):
             table.add_column(name, justify="left" if i == 0 else "right")
         for result in results:
