@@ -118,9 +118,9 @@ def test_demo_usage_errors_exit_2_in_one_line(capsys: pytest.CaptureFixture[str]
 
 
 def test_demo_bad_url_is_one_readable_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown scheme exits 2 with one line naming the accepted schemes, no traceback."""
-    assert main(["--quick", "--plain", "--url", "nosuch://x"]) == 2
-    out = capsys.readouterr().out.strip()
+    """An unknown scheme exits 1 with one readable line, no traceback."""
+    assert main(["--quick", "--plain", "--url", "nosuch://x"]) == 1
+    out = capsys.readouterr().err.strip()
     assert out.startswith("agentlocks demo:") and "\n" not in out and "Traceback" not in out
 
 
@@ -129,7 +129,7 @@ def test_demo_unreachable_server_is_one_line_without_the_password(
 ) -> None:
     """A server nobody listens on exits 1 with one line that never shows the password."""
     assert main(["--quick", "--plain", "--url", "redis://app:s3cret-pw@127.0.0.1:1/0"]) == 1
-    out = capsys.readouterr().out.strip()
+    out = capsys.readouterr().err.strip()
     assert out.startswith("agentlocks demo: cannot reach") and "\n" not in out, out
     assert "s3cret-pw" not in out
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import sys
 
 from ._display import make_display
 from ._scenario import FULL, QUICK
@@ -32,7 +33,8 @@ examples:
   agentlocks demo --url redis://localhost:6379/0 --replicas 3
   agentlocks demo --url postgresql://app@localhost/app --replicas 2
 
-exit status: 0 when the guarded run lost nothing, 1 otherwise, 2 on a usage error.
+exit status: 0 when the guarded run lost nothing; 1 when it lost something, or the demo
+could not run (bad URL, unreachable server, missing package); 2 on a usage error.
 """
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     display = make_display(args.plain)
     missing = _missing(args.url)
     if missing:
-        display.say(f"agentlocks demo: needs {', '.join(missing)}: pip install 'agentlocks[demo]'")
+        _error(f"needs {', '.join(missing)}: pip install 'agentlocks[demo]'")
         return 1
     from ._run import DemoError, run
 
@@ -96,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(display, args.url, args.replicas, args.strategy, scenario))
     except DemoError as exc:
-        display.say(f"agentlocks demo: {exc}")
+        _error(str(exc))
         return exc.status
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> None:
+    print(f"agentlocks demo: {message}", file=sys.stderr, flush=True)
 
 
 def _missing(url: str) -> list[str]:
@@ -109,9 +115,11 @@ def _missing(url: str) -> list[str]:
         "httpx": "httpx",
         "langgraph": "langgraph",
         "langgraph.checkpoint.sqlite": "langgraph-checkpoint-sqlite",
+        "aiosqlite": "aiosqlite",
     }
     if url.lower().startswith("postgres"):
         modules["langgraph.checkpoint.postgres"] = "langgraph-checkpoint-postgres"
+        modules["psycopg"] = "psycopg"
     out = []
     for module, package in modules.items():
         try:

@@ -61,7 +61,7 @@ async def _probe(url: str, namespace: str) -> None:
     try:
         coord = agentlocks.connect(url, namespace=namespace)
     except agentlocks.ConfigError as exc:
-        raise DemoError(str(exc), status=2) from None
+        raise DemoError(str(exc)) from None  # a bad URL exits 1, like the other commands
     try:
         async with coord:
             await coord.inspect("demo:probe")
