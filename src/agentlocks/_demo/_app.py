@@ -71,6 +71,10 @@ class Ending:
     Once the status line is sent, an error can no longer become a 500; this last line says
     what happened instead of a cut connection. ``aclose()`` closes the wrapped stream (for
     ``stream_with``'s body that frees the thread's lease, also before the first chunk).
+    Cancellation (a client disconnect) is not caught: it reaches the wrapped stream, which
+    frees the lease once LangGraph has flushed. A body Starlette never iterates nor closes (a
+    client gone before the response started) is dropped with the wrapped stream, whose own
+    finaliser then frees the lease.
     """
 
     __slots__ = ("_over", "_stream")
