@@ -134,15 +134,9 @@ async def open_saver(spec: str) -> AsyncIterator[Any]:
 
 def _guard(saver: Any, coord: agentlocks.Coordinator, settings: AppSettings) -> Any:
     """The app's two agentlocks lines."""
-    from agentlocks.langgraph import guard_graph
+    from agentlocks.langgraph import guard_checkpointer, guard_graph
 
-    try:
-        from agentlocks.langgraph import guard_checkpointer
-    except (ImportError, AttributeError):  # TODO(lg-checkpointer): drop once merged
-        log.warning("guard_checkpointer is not in this build: guarding the runs only")
-        checkpointer = saver
-    else:
-        checkpointer = guard_checkpointer(saver, coord)
+    checkpointer = guard_checkpointer(saver, coord)
     graph = build_agent(checkpointer, think=settings.think, tool_delay=settings.tool_delay)
     return guard_graph(
         graph,
