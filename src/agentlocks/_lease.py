@@ -216,13 +216,19 @@ class Lease:
         """
         await self._coordinator._verify(self)
 
-    def _mark_lost(self) -> None:
-        """Record the loss and, if the holder's block asked for it, cancel that block.
+    def _lost_at_release(self) -> None:
+        """Record a loss that the release itself found (``_mark_lost`` ignores released
+        leases, so that a late renewal cannot turn a clean release into a loss)."""
+        if not self._lost:
+            self._lost = True
+            TELEMETRY.lost(self._request[0])
 
-        Also called by a release that finds the grant gone (``_released`` is then already
-        set): the loss must still be recorded, so ``released`` does not stop it.
+    def _mark_lost(self) -> None:
+        """Record a loss found while held and, if the block asked for it, cancel that block.
+
+        A released lease is left alone: losses a release finds are ``_lost_at_release``.
         """
-        if self._lost:
+        if self._lost or self._released:
             return
         self._lost = True
         TELEMETRY.lost(self._request[0])

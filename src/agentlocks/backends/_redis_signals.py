@@ -86,7 +86,7 @@ class RedisSignals:
         digest = hashlib.blake2b(namespace.encode(), digest_size=8).hexdigest()
         self._channel = f"agentlocks:signals:{digest}"
         self._watched: dict[str, _Watched] = {}  # tag -> the watches of that lock
-        self._inbox = Inbox(self._open, self._pushed, self._resubscribed, self._wanted)
+        self._inbox = Inbox(self._open, self._pushed, self._resubscribed, self._wanted, tasks)
         self._reread_task: asyncio.Task[None] | None = None
 
     async def send(self, resource: str, kind: str, ttl: float, mark: int | None) -> int:
