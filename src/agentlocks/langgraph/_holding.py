@@ -94,7 +94,7 @@ class GuardedRun:
                 self._exits = exits
         except BaseException:
             self._released = True
-            release_after(self.held, None)  # maybe cancelled: never await here
+            release_after(self.held)  # maybe cancelled: never await here
             raise
         return self
 
@@ -183,17 +183,21 @@ class GuardedRun:
                     # LangGraph has unwound with what it had saved: it ends as drained.
                     await self._close_dangling()
                     raise GraphDrained(CANCEL_REASON) from None
-                # Cancelled by the caller. The step has settled, so LangGraph's exit task
-                # has flushed the run's writes; release without awaiting.
+                # Cancelled by the caller (a client disconnect, a timeout). The step has
+                # settled, so LangGraph's exit task has flushed the run's writes. A run
+                # cancelled between its model and tools steps leaves a tool call without
+                # an answer, and the next turn would fail (INVALID_CHAT_HISTORY): close it
+                # while still holding the thread, then release -- in the background, as
+                # awaiting in a cancelled exit is re-cancelled by cancel scopes.
                 self._released = True
-                release_after(self.held, None)
+                release_after(self.held, first=self._close_dangling)
         finally:
             if not self._released:
                 self._released = True
                 await self.held.release()
 
     async def _close_dangling(self) -> None:
-        """Leave no tool call unanswered after a drain we caused (still holding)."""
+        """Leave no tool call unanswered after a drain or a cancellation (still holding)."""
         close = drain_module().close_dangling_tool_calls
         await self.step(lambda: close(self._graph, self.config))
 

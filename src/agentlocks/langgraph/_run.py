@@ -8,9 +8,10 @@ the ``"interrupt"`` strategy, and the warn-once flag for lent checkpointers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import warnings
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -37,10 +38,6 @@ RUNS_SEMAPHORE: Final = "langgraph-runs"
 
 _TASK_ID: Final = "__pregel_task_id"
 _CHECKPOINTER: Final = "__pregel_checkpointer"
-
-# Releases deferred until LangGraph's exit task is done: strong references, or the event
-# loop (which keeps only weak ones) could collect a pending release and leave the key held.
-_pending: set[asyncio.Task[None]] = set()
 
 
 def is_nested(configurable: Mapping[str, Any], thread_id: object) -> bool:
@@ -73,34 +70,29 @@ class Held:
             await self.lease.release()
 
 
-def release_after(held: Held, exit_task: asyncio.Future[Any] | None) -> None:
-    """Release ``held`` once ``exit_task`` (LangGraph's loop cleanup) is done; never await.
+def release_after(held: Held, *, first: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Release ``held`` in the background (after ``first``, if given); never await.
 
     Used on cancellation: awaiting in a cancelled ``finally`` is re-cancelled by anyio and
-    Starlette cancel scopes, and releasing before the exit task has flushed the run's
-    checkpoint writes would let the next run read a stale head (the lost update again).
+    Starlette cancel scopes. The release is a task of the coordinator's supervisor, so a
+    failure (a lost lease: guarantee 6) is logged on the ``agentlocks`` logger with the key
+    and token, and ``coord.aclose()`` ends it.
     """
 
-    def start(_: object = None) -> None:
-        task = asyncio.get_event_loop().create_task(held.release())
-        _pending.add(task)
-        task.add_done_callback(_finished)
+    async def end() -> None:
+        try:
+            if first is not None:
+                await first()
+        finally:
+            await held.release()
 
-    if exit_task is None or exit_task.done():
-        start()
-    else:
-        exit_task.add_done_callback(start)
-
-
-def _finished(task: asyncio.Task[None]) -> None:
-    _pending.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        # Nobody awaits a deferred release; a lost lease must still be loud (guarantee 6).
-        warnings.warn(
-            f"agentlocks: releasing a LangGraph thread after cancellation failed: "
-            f"{task.exception()!r}",
-            RuntimeWarning,
-            stacklevel=1,
+    # A closed coordinator refuses the task: it has ended every grant already.
+    with contextlib.suppress(RuntimeError):
+        held.lease._coordinator._tasks.spawn(
+            end(),
+            name="LangGraph thread release after cancellation",
+            key=held.lease.key,
+            token=held.lease.token,
         )
 
 
@@ -245,7 +237,7 @@ def _abandon(waiter: asyncio.Future[Lease]) -> None:
 
     def release_if_granted(fut: asyncio.Future[Lease]) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            release_after(Held(fut.result()), None)
+            release_after(Held(fut.result()))
 
     waiter.cancel()
     waiter.add_done_callback(release_if_granted)

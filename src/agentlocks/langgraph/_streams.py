@@ -46,7 +46,7 @@ def _backstop(held: Held, loop: asyncio.AbstractEventLoop) -> None:
     if loop.is_closed():
         return  # the loop is gone; a remote lease expires by itself within lease_ttl
     with contextlib.suppress(RuntimeError):  # closed between the check and the call
-        loop.call_soon_threadsafe(release_after, held, None)
+        loop.call_soon_threadsafe(release_after, held)
 
 
 class LeasedStream:
