@@ -50,10 +50,8 @@ async def test_a_run_in_another_process_makes_way(
     drain_timeout: float,
     expected: str,
 ) -> None:
-    """Turn 1 runs in a worker process; turn 2 here interrupts it, then runs its whole turn.
-
-    ``style``: both sides use the tests' own minimal guard, or ``guard_graph``.
-    """
+    """Turn 1 runs in a worker process; turn 2 here interrupts it, then runs its whole turn."""
+    # ``style``: both sides use the tests' own minimal guard, or ``guard_graph``.
     lock_url = backend_url_for(lock_backend)
     pg_url = backend_url_for("postgresql")
     namespace = f"drainp-{uuid.uuid4().hex[:12]}"

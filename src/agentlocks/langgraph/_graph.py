@@ -283,8 +283,9 @@ def guard_graph(
     * A run waits for (or is refused) its thread before it reads any state; the lock is
       ``f"langgraph:{thread_id}"``, held until the run ends: for a stream, until it is
       exhausted, fails, is closed (``aclose()``, a v3 ``abort()``) or cancelled. A stream
-      never iterated never takes the lock. A stream closed mid-run leaves the thread as
-      LangGraph leaves it (possibly with a tool call the model asked for and no tool ran).
+      never iterated never takes the lock. A stream closed or cancelled mid-run closes a tool
+      call the model asked for and no tool answered (a ``ToolMessage`` saying it was
+      interrupted), so the thread's next turn does not fail on an invalid history.
     * Cancellation (a client disconnect) reaches LangGraph once and the lock is freed only
       after LangGraph has unwound and flushed the run's writes, so the next run reads them.
     * A subgraph call, or a node re-entering the same thread, passes through (it is part of

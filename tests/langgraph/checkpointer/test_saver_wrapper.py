@@ -175,8 +175,9 @@ async def test_cancelled_put_settles_before_the_caller_leaves(thread_id: str) ->
 
 
 async def test_cancelled_run_lingering_writes_are_not_interleaved(thread_id: str) -> None:
-    """A cancelled run's puts still land after the caller saw the cancellation (LangGraph does
-    not cancel them): a run started at once is refused, one started after they land goes on."""
+    """A cancelled run's late puts: a run started at once is refused, one started after goes on."""
+    # LangGraph does not cancel a cancelled run's pending puts: they land after the caller
+    # saw the cancellation.
     graph = chat_graph(guard_checkpointer(SlowSaver(), agentlocks.connect()))
     task = asyncio.ensure_future(graph.ainvoke({"messages": ["a"]}, config(thread_id)))
     await asyncio.sleep(0.05)  # inside the input checkpoint's put
