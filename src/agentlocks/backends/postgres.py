@@ -114,6 +114,7 @@ from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
 
 from ._base import Grant, HolderInfo, LostCallback, describe
 from ._pg_connection import Session, driver_dsn
+from ._pg_enumerate import AdvisoryLock, advisory_locks
 from ._pg_grants import DRIVER_ERRORS, Grants
 from ._pg_liveness import Liveness
 from ._pg_observe import foreign_waiting, granted_unrecorded, snapshot
@@ -382,6 +383,10 @@ class PostgresBackend:
                 await request.settled.wait()
         state = self._states.get(resource)
         return snapshot(rows, self._sessions.pids, keys, state, semaphore)
+
+    async def advisory_locks(self) -> list[AdvisoryLock]:
+        """Advisory locks of other sessions in this database, by key (``_pg_enumerate.py``)."""
+        return await advisory_locks(self._sessions, self._error, self._sessions.pids)
 
     # -- registries --------------------------------------------------------------------------------
 
