@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._telemetry import TELEMETRY
 from .backends._base import Grant
 from .errors import LeaseLost
 
@@ -225,6 +224,6 @@ class Lease:
         if self._lost:
             return
         self._lost = True
-        TELEMETRY.lost(self._request[0])
+        self._coordinator._telemetry.lost(self._request[0])
         if self._scope is not None and self._request[8] == "cancel":
             self._scope.cancel()
