@@ -509,7 +509,8 @@ async def test_acquire_timeout_after_timeout_and_the_wait_leaves_the_queue(
     started = time.monotonic()
     with pytest.raises(AcquireTimeout) as caught:
         await asyncio.wait_for(ingest(), NO_HANG)
-    assert time.monotonic() - started < NO_HANG
+    waited = time.monotonic() - started
+    assert 0.09 <= waited < 2.0, waited  # it waited its timeout (0.1 s), then gave up
     assert isinstance(caught.value, Unavailable) and caught.value.retry_after > 0
     assert (await coord.inspect("ingest", semaphore=True)).waiting == 0
     gate.set()
@@ -620,7 +621,8 @@ async def test_a_flooding_user_holds_no_global_slot_while_queued(coord: Coordina
     # b got the slot as soon as a0's hold ended (FIFO on the slot), before any more of a's
     # backlog ran: one hold time, not fifty.
     assert started[:2] == ["a0", "b0"], started[:4]
-    assert time.monotonic() - released < NO_HANG
+    finished = time.monotonic() - released
+    assert finished < 10 * hold, finished  # b's own hold plus a hand-off, not a's backlog
     for task in flood:
         task.cancel()
     await asyncio.gather(*flood, return_exceptions=True)

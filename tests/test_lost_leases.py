@@ -211,3 +211,12 @@ async def test_aclose_cancels_the_body_of_a_held_lease(coord: Coordinator) -> No
     with pytest.raises(LeaseLost):
         await asyncio.wait_for(task, 5)
     assert not reached
+
+
+async def test_verify_applies_the_clock_rule(coord: Coordinator) -> None:
+    """verify() after a stall past the lease raises LeaseLost although the server has it."""
+    lease = await coord.acquire("k", lease_ttl=0.3)
+    time.sleep(0.4)  # noqa: ASYNC251 -- the stall under test
+    with pytest.raises(LeaseLost):
+        await lease.verify()
+    assert lease.lost

@@ -73,10 +73,14 @@ class Renewer:
         Expired means its last confirmation is older than :func:`lost_after`: the holder
         may already share the key with a new holder, so the release must report a loss.
         """
-        entry = self._tracked.pop(grant, None)
-        if entry is None:
-            return False
-        return time.monotonic() - entry[1] >= lost_after(grant)
+        expired = self.expired(grant)
+        self._tracked.pop(grant, None)
+        return expired
+
+    def expired(self, grant: Grant) -> bool:
+        """True if ``grant`` is tracked and its last confirmation is too old to trust."""
+        entry = self._tracked.get(grant)
+        return entry is not None and time.monotonic() - entry[1] >= lost_after(grant)
 
     def lost(self, grant: Grant) -> None:
         """``grant`` is gone (the server said so, or its lease ran out): fail it loudly."""

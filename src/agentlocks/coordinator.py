@@ -343,7 +343,10 @@ class Coordinator:
     async def _verify(self, lease: Lease) -> None:
         grant = lease._held_grant()
         if not lease._lost and not lease._released:
-            if await self._backend.verify(grant):
+            # A lease past its local deadline is lost even if the server still has it
+            # (our own loop may have stalled): the clock rule of _renewal.py.
+            expired = self._renewer is not None and self._renewer.expired(grant)
+            if not expired and await self._backend.verify(grant):
                 return
             if self._renewer is not None:
                 self._renewer.lost(grant)

@@ -125,8 +125,8 @@ async def _all(coord: agentlocks.Coordinator, keys: list[str]) -> list[Lease]:
 async def test_requests_of_several_processes_are_served_in_arrival_order(
     connect: Connect, semaphore: bool
 ) -> None:
-    """B, B, C, B, C, C arriving one after the other are granted in exactly that order:
-    a request whose process already waits on the key joins the server queue beside it."""
+    """B, B, C, B, C, C arriving one after the other are granted in exactly that order."""
+    # A request whose process already waits on the key joins the server queue beside it.
     a, b, c = connect(), connect(), connect()
 
     def take(coord: agentlocks.Coordinator) -> Lease:
@@ -264,8 +264,9 @@ async def test_spaced_requests_with_random_cancellations_keep_exclusion_and_leav
     capacity: int | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Requests trickling in from two coordinators (so many join the server queue beside
-    their process's head), a third of them cancelled or timed out at random moments."""
+    """Trickling requests from two coordinators, a third cancelled at random: safe, clean."""
+    # Many join the server queue beside their process's head; a third of them are cancelled
+    # or time out at random moments.
     coords = [connect(), connect()]
     bypasses = 0
     bypass = PostgresBackend._bypass

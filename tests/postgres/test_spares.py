@@ -127,8 +127,9 @@ async def test_a_task_holding_a_grant_may_exceed_max_spares(connect: Connect) ->
 
 
 async def test_leases_held_across_tasks_cannot_deadlock_on_the_budget(connect: Connect) -> None:
-    """Leases taken by gather() children and held by the parent pin every spare; the
-    parent's next wait cannot see them, so it goes over the budget after spare_patience."""
+    """Leases held across tasks pin every spare; the next wait exceeds the budget in time."""
+    # Leases taken by gather() children and held by the parent pin every spare; the parent's
+    # next wait cannot see them, so it goes over the budget after spare_patience.
     other, coord = connect(), connect(max_spares=2, spare_patience=0.2)
     held = await _held_elsewhere(other, "a", "b", "c")
     backend = _backend(coord)
@@ -223,8 +224,8 @@ async def test_a_full_server_makes_waits_queue_for_a_spare_to_come_back(
 async def test_random_timeouts_over_a_small_budget_leak_nothing(
     connect: Connect, admin: asyncpg.Connection, app_name: str
 ) -> None:
-    """60 tasks on 6 contended keys, max_spares=2, random timeouts: exclusion holds, and
-    afterwards no spare is lent, no reservation is left, no lock is held."""
+    """60 tasks, 6 keys, max_spares=2, random timeouts: exclusion holds, nothing leaks."""
+    # Afterwards no spare is lent, no reservation is left, no lock is held.
     coord = connect(max_spares=2, pool_size=2)
     backend = _backend(coord)
     rng = random.Random(7)

@@ -95,11 +95,6 @@ class SuiteHarness:
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod
-    def shares_state(coord: Coordinator) -> bool:
-        """Whether two coordinators on one URL and namespace see the same locks."""
-        return bool(coord.backend.remote)
-
-    @staticmethod
     def start(request: Lease) -> asyncio.Task[Lease]:
         """Start waiting for ``request`` in a new task; the task's result is the lease."""
 
