@@ -7,10 +7,20 @@ The contract every backend keeps is :class:`agentlocks.backends.Backend`, docume
 from agentlocks._url import Settings as Settings
 
 from ._base import Backend as Backend
+from ._base import Enumerable as Enumerable
 from ._base import FastPath as FastPath
 from ._base import Grant as Grant
 from ._base import HolderInfo as HolderInfo
 from ._base import KeyInfo as KeyInfo
 from ._base import LostCallback as LostCallback
 
-__all__ = ["Backend", "FastPath", "Grant", "HolderInfo", "KeyInfo", "LostCallback", "Settings"]
+__all__ = [
+    "Backend",
+    "Enumerable",
+    "FastPath",
+    "Grant",
+    "HolderInfo",
+    "KeyInfo",
+    "LostCallback",
+    "Settings",
+]
