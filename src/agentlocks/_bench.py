@@ -73,10 +73,10 @@ class Settings:
     mk_tasks: int = 64
     mk_keys: int = 1000
     mk_total: int = 5000
-    mk_cap: float = 30.0
+    mk_cap: float = 60.0
     fair_trials: int = 5
     fair_stagger: float = 20.0  # ms
-    fair_hold: float = 1.0  # ms
+    fair_hold: float = 2.0  # ms
 
 
 QUICK: Final = Settings(
