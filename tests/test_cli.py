@@ -6,10 +6,12 @@ import asyncio
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +189,37 @@ def test_bench_plot_without_matplotlib_is_one_line() -> None:
         pytest.skip("matplotlib is installed")
     out = _cli("bench", "memory://", "--quick", "--plot", "x.png")
     assert out.returncode == 1 and "pip install matplotlib" in out.stderr
+
+
+def test_bench_plot_writes_a_png(tmp_path: Path) -> None:
+    """--plot FILE.png writes a PNG of the hand-off latency distributions."""
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed")
+    target = tmp_path / "handoff.png"
+    out = _cli("bench", "memory://", "--quick", "--plot", str(target), "--plain")
+    assert out.returncode == 0, out.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.postgres
+def test_postgres_bench_quick_runs_next_to_the_advisory_floor() -> None:
+    """`bench postgresql://... --quick --json` measures agentlocks beside pg_advisory_lock."""
+    out = _cli("bench", backend_url_for("postgresql"), "--quick", "--json")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert {"agentlocks", "pg-advisory-noreset", "pg-select1-rtt"} == set(results)
+    assert results["agentlocks"]["fairness"]["violations"] == 0
+
+
+def test_inspect_watch_redraws_until_interrupted() -> None:
+    """--watch prints a fresh report each interval and exits 0 on Ctrl-C (SIGINT)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentlocks", "inspect", "memory://", "--watch", "0.05", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(3)]  # three redraws
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert all(json.loads(line)["namespace"] == "agentlocks" for line in lines)

@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -178,3 +179,19 @@ def test_configure_rejects_bad_values() -> None:
         observability.configure(slow_wait=-1)
     with pytest.raises(ValueError, match="late_renewal"):
         observability.configure(late_renewal=2)
+
+
+async def test_a_late_renewal_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A renewal confirmed over half a TTL after the last one logs `lease renewed late`."""
+    agentlocks.register_backend("lossy", "tests.support.lossy_backend:LossyBackend")
+    caplog.set_level(logging.WARNING, logger="agentlocks")
+    async with agentlocks.connect("lossy://?namespace=late-renewal") as coord:
+        lease = await coord.acquire("job:1", lease_ttl=1.0)
+        # Blocking on purpose: the loop stalls past the renewal due at a third of the TTL.
+        time.sleep(0.6)  # noqa: ASYNC251
+        await asyncio.sleep(0.1)  # the renewer runs now, late but within the lease
+        assert not lease.lost
+        await lease.release()
+    record = next(r for r in caplog.records if "lease renewed late" in r.getMessage())
+    assert record.agentlocks_key == "job:1" and record.agentlocks_token == lease.token  # type: ignore[attr-defined]
+    assert 0.5 <= record.agentlocks_late < 0.9 and record.agentlocks_lease_ttl == 1.0  # type: ignore[attr-defined]

@@ -130,12 +130,17 @@ def _plot(results: dict[str, dict[str, Any]], path: str, names: list[str]) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in names:
-        for hold, h in results[name].get("handoff", {}).items():
+    styles = ["-", "--", ":", "-."]
+    for n, name in enumerate(names):  # one colour per adapter, one line style per hold time
+        for k, (hold, h) in enumerate(results[name].get("handoff", {}).items()):
             samples = sorted(h["samples_us"])
             if samples:
                 ys = [(i + 1) / len(samples) for i in range(len(samples))]
-                ax.step(samples, ys, where="post", label=f"{name} {hold}")
+                ax.step(
+                    samples, ys, where="post", color=f"C{n}", linestyle=styles[k % 4],
+                    label=f"{name}, {hold.removeprefix('hold')} hold",
+                )  # fmt: skip
+    ax.set_title(f"hand-off latency: {results[names[0]]['notes']}")
     ax.set_xscale("log")
     ax.set_xlabel("hand-off latency, release() call to next holder (µs)")
     ax.set_ylabel("fraction of hand-offs")
