@@ -160,7 +160,9 @@ async def test_postgres_inspect_shows_a_held_lock_by_exact_key() -> None:
     assert [(k["key"], k["kind"], len(k["holders"])) for k in report["keys"]] == [
         ("thread:42", "lock", 1)
     ]
-    assert any(a["granted"] for a in report["advisory_locks"]) and "hashes" in report["notes"][0]
+    assert "hashes" in report["notes"][0]
+    named = [a for a in report["advisory_locks"] if a.get("name") == "lock 'thread:42'"]
+    assert len(named) == 1 and named[0]["granted"] and not named[0]["shared"]
     assert json.loads(free.stdout)["keys"] == []
 
 

@@ -62,12 +62,12 @@ def render(report: Survey, *, plain: bool = False) -> None:
         print(f"{title}: no key is held or waited for")
     if report.advisory:
         adv = [
-            [f"{a['key']:#x}", str(a["pid"]), "holds" if a["granted"] else "waits",
+            [a.get("name") or f"{a['key']:#x}", str(a["pid"]), "holds" if a["granted"] else "waits",
              "shared" if a["shared"] else "exclusive", a["application"] or "-",
              "-" if a["waited"] is None else f"{a['waited']:.1f}s"]
             for a in report.advisory
         ]  # fmt: skip
-        headers = ["advisory key", "pid", "state", "mode", "application", "waited"]
+        headers = ["advisory key (or name)", "pid", "state", "mode", "application", "waited"]
         print_table("PostgreSQL advisory locks (by key)", headers, adv, plain=plain)
     for note in report.notes:
         print(f"note: {note}")

@@ -73,6 +73,9 @@ def mode(kind: str, holder: HolderInfo) -> str:
 async def survey(coord: Coordinator, prefix: str = "", *, idle: bool = False) -> Survey:
     """Inspect every key of ``coord``'s namespace whose name starts with ``prefix``.
 
+    On PostgreSQL, advisory locks that belong to ``prefix`` taken as an exact key get a
+    ``name``.
+
     Args:
         coord: The coordinator to look through (its backend and namespace).
         prefix: Only keys and semaphore names starting with this.
@@ -92,6 +95,7 @@ async def survey(coord: Coordinator, prefix: str = "", *, idle: bool = False) ->
         lister = getattr(backend, "advisory_locks", None)
         if lister is not None:
             result.advisory = [asdict(row) for row in await lister()]
+            _label(result.advisory, coord.namespace, prefix)
             result.notes.append(
                 "PostgreSQL keeps no key names (advisory locks are 64-bit hashes): pass an "
                 "exact key to see it by name; other advisory locks are listed by key"
@@ -104,3 +108,20 @@ async def survey(coord: Coordinator, prefix: str = "", *, idle: bool = False) ->
             kind = "semaphore" if resource.startswith("s:") else "lock"
             result.entries.append(Entry(describe(resource), kind, holders, waiting))
     return result
+
+
+def _label(rows: list[dict[str, Any]], namespace: str, key: str) -> None:
+    """Name the advisory locks that belong to ``key`` (a lock or a semaphore of that name)."""
+    from .backends._pg_sql import MAX_SLOTS, TICKET_BITS, keys_for
+
+    lock, sem = keys_for(namespace, "l:" + key), keys_for(namespace, "s:" + key)
+    names = {lock.gate: f"lock {key!r} (queue gate)", lock.hold: f"lock {key!r}"}
+    names[sem.gate] = f"semaphore {key!r} (queue gate)"
+    for row in rows:
+        k = row["key"]
+        if k in names:
+            row["name"] = names[k]
+        elif 0 <= k - sem.slot_base < MAX_SLOTS:
+            row["name"] = f"semaphore {key!r} slot {k - sem.slot_base}"
+        elif any(0 <= k - b < TICKET_BITS for b in (lock.ticket_base, sem.ticket_base)):
+            row["name"] = f"{key!r} queue length (published)"
