@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def test_help_of_every_command_explains_with_an_example() -> None:
 
 def test_usage_error_exits_2_with_one_readable_line() -> None:
     """A missing argument or unknown command exits 2 with one line naming the problem."""
-    for args in (["inspect"], ["nonsense"], ["inspect", "memory://", "--watch", "x"]):
+    for args in ([], ["inspect"], ["nonsense"], ["inspect", "memory://", "--watch", "x"]):
         out = _cli(*args)
         assert out.returncode == 2, out
         assert out.stderr.count("\n") == 1 and "error:" in out.stderr, out.stderr
@@ -72,13 +73,11 @@ def test_bad_url_exits_1_with_one_line() -> None:
 
 
 def test_unreachable_server_is_one_line_without_the_password() -> None:
-    """An unreachable Redis or PostgreSQL exits 1 with one line that hides the password."""
+    """inspect and bench on an unreachable server exit 1 with one line hiding the password."""
     port = _closed_port()
-    for url in (
-        f"redis://u:hunter2@127.0.0.1:{port}/0",
-        f"postgresql://u:hunter2@127.0.0.1:{port}/d",
-    ):
-        out = _cli("inspect", url)
+    urls = (f"redis://u:hunter2@127.0.0.1:{port}/0", f"postgresql://u:hunter2@127.0.0.1:{port}/d")
+    for command, url in itertools.product(("inspect", "bench"), urls):
+        out = _cli(command, url, "--quick") if command == "bench" else _cli(command, url)
         assert out.returncode == 1, out
         assert out.stderr.count("\n") == 1, out.stderr
         assert "hunter2" not in out.stderr + out.stdout and "***" in out.stderr

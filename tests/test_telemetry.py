@@ -183,7 +183,7 @@ def test_configure_rejects_bad_values() -> None:
 
 async def test_a_late_renewal_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     """A renewal confirmed over half a TTL after the last one logs `lease renewed late`."""
-    agentlocks.register_backend("lossy", "tests.support.lossy_backend:LossyBackend")
+    agentlocks.register_backend("lossy", "tests.support.lossy_backend:LossyBackend", replace=True)
     caplog.set_level(logging.WARNING, logger="agentlocks")
     async with agentlocks.connect("lossy://?namespace=late-renewal") as coord:
         lease = await coord.acquire("job:1", lease_ttl=1.0)

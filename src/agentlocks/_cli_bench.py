@@ -11,12 +11,11 @@ from typing import Any
 
 from . import _bench as bench
 from ._cli_output import has_rich, print_table
+from ._url import redact_url
 from .coordinator import connect
-from .errors import BackendError, ConfigError
+from .errors import AgentLocksError, BackendError, ConfigError
 
 __all__ = ["run_bench"]
-
-_DRIVER_ERRORS = (OSError, ConnectionError, TimeoutError)
 
 
 def _floors(url: str, kind: str) -> tuple[list[bench.Adapter], list[bench.Adapter]]:
@@ -29,7 +28,8 @@ def _floors(url: str, kind: str) -> tuple[list[bench.Adapter], list[bench.Adapte
 
 
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if sys.stderr.isatty():  # piped or captured stderr keeps only errors: one line each
+        print(message, file=sys.stderr, flush=True)
 
 
 async def run_bench(args: argparse.Namespace) -> int:
@@ -46,19 +46,18 @@ async def run_bench(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {a.name: {"notes": a.notes} for a in adapters + rtts}
     ready: list[bench.Adapter] = []
     try:
-        for a in adapters + rtts:
+        # agentlocks first, with one acquire: an unreachable server or a bad password is
+        # reported by the library (one line, password masked) before any floor connects.
+        await ours.setup()
+        ready.append(ours)
+        await ours.release(await ours.acquire(bench.kname("probe", 0)))
+        for a in [*floors, *rtts]:
             try:
                 await a.setup()
-            except _DRIVER_ERRORS as exc:
+            except Exception as exc:
                 raise BackendError(f"{a.name}: could not connect: {type(exc).__name__}") from exc
             ready.append(a)
-        _progress("uncontended ...")
-        for name, figures in (await bench.uncontended(ready, settings.n, settings.repeats)).items():
-            results[name]["uncontended"] = figures
-        for a in adapters:
-            for scenario in ("handoff", "manykeys", "fairness"):
-                _progress(f"{scenario} on {a.name} ...")
-                results[a.name][scenario] = await bench.run_scenario(a, scenario, settings)
+        await _measure(ready, adapters, settings, results)
     finally:
         for a in ready:
             await a.teardown()
@@ -71,6 +70,28 @@ async def run_bench(args: argparse.Namespace) -> int:
         _plot(results, args.plot, [a.name for a in adapters])
         _progress(f"plot written to {args.plot}")
     return 0
+
+
+async def _measure(
+    ready: list[bench.Adapter],
+    adapters: list[bench.Adapter],
+    settings: bench.Settings,
+    results: dict[str, dict[str, Any]],
+) -> None:
+    try:
+        _progress("uncontended ...")
+        for name, figures in (await bench.uncontended(ready, settings.n, settings.repeats)).items():
+            results[name]["uncontended"] = figures
+        for a in adapters:
+            for scenario in ("handoff", "manykeys", "fairness"):
+                _progress(f"{scenario} on {a.name} ...")
+                results[a.name][scenario] = await bench.run_scenario(a, scenario, settings)
+    except AgentLocksError:
+        raise
+    except Exception as exc:
+        # A floor's own driver failed (the server went away mid-run): one line, no
+        # traceback; the driver's message is redacted like ours.
+        raise BackendError(f"{type(exc).__name__}: {redact_url(str(exc))}") from exc
 
 
 def _fmt(value: float, unit: str) -> str:

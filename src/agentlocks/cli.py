@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -52,6 +53,13 @@ def _parser() -> _Parser:
         "Each command has its own --help.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show the library's log lines (-v warnings, -vv info)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     inspect = commands.add_parser(
@@ -123,9 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list[:1] == ["demo"]:
             return _demo(args_list[1:])
         args = _parser().parse_args(args_list)
+        _logging(args.verbose)
         if args.command is None:
-            _parser().print_help()
-            return 2
+            raise UsageError(
+                f"{PROG}: error: a command is required: inspect, bench or demo "
+                f"(see '{PROG} --help')"
+            )
         if args.command == "inspect":
             from ._cli_inspect import run_inspect
 
@@ -143,6 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _logging(verbose: int) -> None:
+    # The library's warnings (a withdrawal that failed while the server was down, ...) would
+    # repeat the one-line error; they are shown on request only.
+    level = {0: logging.ERROR, 1: logging.WARNING}.get(verbose, logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("agentlocks")
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def _demo(argv: list[str]) -> int:
