@@ -51,6 +51,10 @@ def parse_record(key: bytes, value: bytes | None) -> tuple[str, str] | None:
     return namespace, resource
 
 
+def _bytes(key: bytes | str) -> bytes:
+    return key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+
+
 async def _scan(command: Command, pattern: bytes) -> list[bytes]:
     found: list[bytes] = []
     cursor: bytes | int = b"0"
@@ -71,7 +75,9 @@ async def find_resources(
         chunk = names[start : start + _PAGE]
         values = await pipeline([(b"GET", key) for key in chunk])
         for key, value in zip(chunk, values, strict=True):
-            parsed = parse_record(key, value if isinstance(value, bytes) else None)
+            # A user's client may decode replies (decode_responses=True): compare as bytes.
+            raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+            parsed = parse_record(_bytes(key), raw if isinstance(raw, bytes) else None)
             if parsed is not None and parsed[0] == namespace and parsed[1][2:].startswith(prefix):
                 found.add(parsed[1])
     return sorted(found)
