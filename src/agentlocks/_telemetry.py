@@ -158,10 +158,10 @@ class Recorder:
         if (instruments := self._telemetry.instruments()) is not None:
             instruments["pending"].add(delta, self._base(resource))
 
-    def granted(self, resource: str, key: str, token: int, waited: float) -> None:
-        """A request was granted after ``waited`` seconds."""
+    def granted(self, resource: str, key: str, token: int, waited: float | None) -> None:
+        """A request was granted after ``waited`` seconds (None: it could not wait)."""
         self._count(resource, "acquired", waited, None)
-        if waited >= OPTIONS.slow_wait:
+        if waited is not None and waited >= OPTIONS.slow_wait:
             logger.info(
                 "acquire waited long: key=%r token=%s waited=%.3fs",
                 shown_key(key), token, waited,

@@ -298,10 +298,10 @@ class Coordinator:
         if self._closed:
             # aclose() ran while this request waited; the backend has ended the grant.
             raise ConfigError(f"{self!r} was closed while {key!r} was being acquired")
-        if not immediate:
-            waited = time.monotonic() - started
+        waited = None if immediate else time.monotonic() - started
+        if waited is not None:
             self._observe_wait(waited)
-            self._telemetry.granted(resource, key, grant.token, waited)
+        self._telemetry.granted(resource, key, grant.token, waited)
         lease._grant = grant
         if self._renewer is not None:
             self._renewer.track(lease, grant)
