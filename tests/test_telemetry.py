@@ -101,8 +101,8 @@ def test_requests_are_counted_by_result(points: dict[str, list[list[object]]]) -
         v
         for a, v in points["agentlocks.lease.wait_time"]
         if a["agentlocks.lease.result"] == "acquired"
-    ]  # type: ignore[index]
-    assert sum(waits) == 2  # type: ignore[arg-type]  # the wait=False grant could not wait
+    ]
+    assert sum(waits) == 2  # the wait=False grant could not wait
 
 
 def test_metrics_carry_backend_and_namespace_never_keys(
@@ -116,11 +116,7 @@ def test_metrics_carry_backend_and_namespace_never_keys(
             assert attrs["agentlocks.backend"] == "lossy"
             assert attrs["agentlocks.namespace"] == "telemetry"
             assert attrs["agentlocks.kind"] in ("lock", "semaphore")
-    errors = {
-        a["error.type"]  # type: ignore[index]
-        for a, _ in points["agentlocks.lease.requests"]
-        if "error.type" in a  # type: ignore[operator]
-    }
+    errors = {a["error.type"] for a, _ in points["agentlocks.lease.requests"] if "error.type" in a}
     assert errors == {"AcquireTimeout", "Busy", "LeaseLost"}
 
 
@@ -130,9 +126,9 @@ def test_durations_are_histograms_in_seconds(points: dict[str, list[list[object]
     assert isinstance(units, dict)
     assert units["agentlocks.lease.wait_time"] == "s" and units["agentlocks.lease.duration"] == "s"
     assert units["agentlocks.lease.pending_requests"] == "{request}"
-    pending = sum(int(v) for _, v in points["agentlocks.lease.pending_requests"])  # type: ignore[call-overload]
+    pending = sum(int(v) for _, v in points["agentlocks.lease.pending_requests"])
     assert pending == 0  # every waiter that started waiting stopped
-    assert sum(int(v) for _, v in points["agentlocks.lease.duration"]) >= 1  # type: ignore[call-overload]
+    assert sum(int(v) for _, v in points["agentlocks.lease.duration"]) >= 1
 
 
 @pytest.fixture
@@ -153,8 +149,8 @@ async def test_refusals_are_logged_at_debug_with_extra_fields(
         with pytest.raises(agentlocks.AcquireTimeout):
             await coord.acquire("k", timeout=0.01)
     record = next(r for r in caplog.records if "refused (acquire_timeout)" in r.getMessage())
-    assert record.agentlocks_key == "k" and record.agentlocks_reason == "acquire_timeout"  # type: ignore[attr-defined]
-    assert record.agentlocks_namespace == "logs" and record.agentlocks_waited >= 0.01  # type: ignore[attr-defined]
+    assert record.agentlocks_key == "k" and record.agentlocks_reason == "acquire_timeout"
+    assert record.agentlocks_namespace == "logs" and record.agentlocks_waited >= 0.01
 
 
 async def test_long_waits_are_logged_with_hashed_keys(
@@ -174,9 +170,9 @@ async def test_long_waits_are_logged_with_hashed_keys(
     finally:
         observability.configure(slow_wait=1.0)
     record = next(r for r in caplog.records if "acquire waited long" in r.getMessage())
-    assert record.agentlocks_key == observability.shown_key("user:42")  # type: ignore[attr-defined]
-    assert "user:42" not in record.getMessage() and record.agentlocks_waited >= 0.04  # type: ignore[attr-defined]
-    assert record.agentlocks_token == lease.token  # type: ignore[attr-defined]
+    assert record.agentlocks_key == observability.shown_key("user:42")
+    assert "user:42" not in record.getMessage() and record.agentlocks_waited >= 0.04
+    assert record.agentlocks_token == lease.token
 
 
 def test_configure_rejects_bad_values() -> None:
@@ -199,5 +195,5 @@ async def test_a_late_renewal_is_logged(caplog: pytest.LogCaptureFixture) -> Non
         assert not lease.lost
         await lease.release()
     record = next(r for r in caplog.records if "lease renewed late" in r.getMessage())
-    assert record.agentlocks_key == "job:1" and record.agentlocks_token == lease.token  # type: ignore[attr-defined]
-    assert 0.5 <= record.agentlocks_late < 0.9 and record.agentlocks_lease_ttl == 1.0  # type: ignore[attr-defined]
+    assert record.agentlocks_key == "job:1" and record.agentlocks_token == lease.token
+    assert 0.5 <= record.agentlocks_late < 0.9 and record.agentlocks_lease_ttl == 1.0

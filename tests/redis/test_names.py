@@ -35,9 +35,9 @@ async def test_stray_keys_matching_the_pattern_are_ignored(redis_url: str) -> No
     try:
         await client.set(b"agentlocks:{0123}:n", forged, px=60_000)
         async with agentlocks.connect(redis_url, namespace=namespace) as coord:
-            assert await coord.backend.keys("") == []  # type: ignore[attr-defined]
+            assert await coord.backend.keys("") == []
             async with coord.acquire("real"):
-                assert await coord.backend.keys("") == ["l:real"]  # type: ignore[attr-defined]
+                assert await coord.backend.keys("") == ["l:real"]
     finally:
         await client.delete(b"agentlocks:{0123}:n")
         await client.aclose()
