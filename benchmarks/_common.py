@@ -1,11 +1,12 @@
 """Shared helpers for the benchmark scripts in this folder.
 
-Every script measures agentlocks with the scenarios of the shared peer benchmark
-(``<repo>/../shared/bench/peer_bench.py``), so its numbers sit on the same scale as the
-anchor numbers in ``PEERS.md``. This module holds what each script would otherwise copy:
+Every script measures agentlocks with the scenarios of ``_peers.py`` (this folder; built on
+``agentlocks._bench``, which ``agentlocks bench`` uses too). They are our own rewrite of the
+shared peer benchmark's scenarios, with the same definitions and default counts, so the
+numbers sit on the scale of the anchor numbers the comparison quotes. This module holds
+what each script would otherwise copy:
 
-* :func:`load_peer_bench` imports ``peer_bench.py`` by path (``$AGENTLOCKS_PEER_BENCH``
-  overrides it) and fails with :class:`PeerBenchMissing`, a message saying where it looked.
+* :func:`load_peer_bench` imports ``_peers.py`` (the name is historical).
 * :class:`AgentlocksAdapter` drives any agentlocks URL through peer_bench's ``Adapter``
   interface (``name``, ``kind``, ``setup``/``teardown``, ``acquire(key)``/``release(handle)``).
 * :func:`add_peer_arguments` / :func:`peer_args` give every script peer_bench's default
@@ -21,8 +22,6 @@ Use from a script in this folder (its directory is ``sys.path[0]``)::
     pb = load_peer_bench()
     adapters = [pb.RedisRawAdapter(), AgentlocksAdapter("redis://127.0.0.1:6391/0")]
 
-or from peer_bench itself: ``PYTHONPATH=benchmarks python peer_bench.py --adapter
-_common:AgentlocksAdapter`` (the no-argument form benchmarks ``memory://``).
 """
 
 from __future__ import annotations
@@ -106,42 +105,38 @@ QUICK: dict[str, Any] = {
 
 # --------------------------------------------------------------------------- peer_bench
 class PeerBenchMissing(RuntimeError):
-    """``peer_bench.py`` is not where it was looked for; the message says where that was."""
+    """The scenarios module is missing from this folder (a broken checkout)."""
 
 
 def peer_bench_path() -> Path:
-    """Where ``peer_bench.py`` is expected: ``$AGENTLOCKS_PEER_BENCH``, else beside the repo."""
-    override = os.environ.get("AGENTLOCKS_PEER_BENCH")
-    if override:
-        return Path(override).expanduser().resolve()
-    return (REPO.parent / "shared" / "bench" / "peer_bench.py").resolve()
+    """The module holding the scenarios and peer adapters: ``benchmarks/_peers.py``."""
+    return Path(__file__).resolve().parent / "_peers.py"
 
 
 def load_peer_bench() -> ModuleType:
-    """Import ``peer_bench.py`` by path (once per process) and return the module.
+    """Import ``_peers.py`` (the scenarios, the floors and the peer libraries' adapters).
+
+    It lives in this folder and builds on ``agentlocks._bench``, so nothing outside the
+    repository is needed. (It replaced ``../shared/bench/peer_bench.py``, whose interface
+    it keeps; hence the names.)
 
     Raises:
-        PeerBenchMissing: The file does not exist; the message names the path and the
-            environment variable that overrides it.
+        PeerBenchMissing: ``_peers.py`` is not there.
     """
-    loaded = sys.modules.get("peer_bench")
+    loaded = sys.modules.get("_peers")
     if loaded is not None:
         return loaded
     path = peer_bench_path()
     if not path.is_file():
-        raise PeerBenchMissing(
-            f"peer_bench.py not found at {path}. The benchmarks reuse its scenarios: check "
-            "out the shared folder beside the repository (<repo>/../shared/bench/) or set "
-            "AGENTLOCKS_PEER_BENCH=/path/to/peer_bench.py."
-        )
-    spec = importlib.util.spec_from_file_location("peer_bench", path)
+        raise PeerBenchMissing(f"{path} is missing: the checkout is incomplete")
+    spec = importlib.util.spec_from_file_location("_peers", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["peer_bench"] = module  # registered first, as a normal import would be
+    sys.modules["_peers"] = module  # registered first, as a normal import would be
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules["peer_bench"]
+        del sys.modules["_peers"]
         raise
     return module
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._telemetry import TELEMETRY
 from .backends._base import Grant
 from .errors import LeaseLost
 
@@ -221,7 +220,7 @@ class Lease:
         leases, so that a late renewal cannot turn a clean release into a loss)."""
         if not self._lost:
             self._lost = True
-            TELEMETRY.lost(self._request[0])
+            self._coordinator._telemetry.lost(self._request[0])
 
     def _mark_lost(self) -> None:
         """Record a loss found while held and, if the block asked for it, cancel that block.
@@ -231,6 +230,6 @@ class Lease:
         if self._lost or self._released:
             return
         self._lost = True
-        TELEMETRY.lost(self._request[0])
+        self._coordinator._telemetry.lost(self._request[0])
         if self._scope is not None and self._request[8] == "cancel":
             self._scope.cancel()

@@ -86,12 +86,8 @@ class Renewer:
         """``grant`` is gone (the server said so, or its lease ran out): fail it loudly."""
         entry = self._tracked.pop(grant, None)
         if entry is not None:
-            logger.warning(
-                "lease lost: key=%r token=%s",
-                entry[0].key,
-                grant.token,
-                extra={"agentlocks_key": entry[0].key, "agentlocks_token": grant.token},
-            )
+            held = time.monotonic() - grant.acquired_at
+            entry[0]._coordinator._telemetry.lease_lost(entry[0].key, grant.token, held)
             entry[0]._mark_lost()
 
     def lose_all(self) -> None:
@@ -175,5 +171,7 @@ class Renewer:
             entry = self._tracked.get(grant)
             if entry is not None:  # not released meanwhile
                 self._tracked[grant] = (entry[0], sent)
+                recorder = entry[0]._coordinator._telemetry
+                recorder.renewed(entry[0].key, grant.token, sent - entry[1], grant.lease_ttl)
         for grant in gone:
             self.lost(grant)

@@ -29,7 +29,15 @@ from ._telemetry import TELEMETRY
 from ._url import DEFAULT_URL, Settings, build_settings, split_url
 from .backends._base import Backend, FastPath, Grant, KeyInfo
 from .decorators import Backpressure, KeySpec, Serialized
-from .errors import AcquireTimeout, AgentLocksError, Busy, ConfigError, LeaseLost, Unavailable
+from .errors import (
+    AcquireTimeout,
+    AgentLocksError,
+    BackendError,
+    Busy,
+    ConfigError,
+    LeaseLost,
+    Unavailable,
+)
 
 __all__ = ["Coordinator", "connect"]
 
@@ -120,6 +128,7 @@ class Coordinator:
             None if fast is None else fast.release_nowait
         )
         self._closed = False
+        self._telemetry = TELEMETRY.recorder(settings.scheme, settings.namespace)
         self._lease_ttl = float(settings.lease_ttl)
         self._wait_ewma: float | None = None  # seconds; feeds Unavailable.retry_after
 
@@ -269,7 +278,7 @@ class Coordinator:
         immediate = timeout == 0 or not wait
         started = time.monotonic()
         if not immediate:
-            TELEMETRY.waiting(resource, +1)
+            self._telemetry.waiting(resource, +1)
         try:
             if timeout is None or immediate:
                 grant = await self._backend.acquire(
@@ -291,18 +300,24 @@ class Coordinator:
                 exc = AcquireTimeout(f"{key!r} is not free and timeout=0", key=key)
             exc.key = key
             exc.retry_after = self._retry_after()
-            TELEMETRY.rejected(resource, exc.code, str(exc))
+            self._telemetry.refused(resource, key, exc, time.monotonic() - started)
             raise exc from exc.__cause__
+        except BackendError as exc:
+            self._telemetry.refused(resource, key, exc, time.monotonic() - started)
+            raise
+        except anyio.get_cancelled_exc_class():
+            self._telemetry.cancelled(resource, time.monotonic() - started)
+            raise
         finally:
             if not immediate:
-                TELEMETRY.waiting(resource, -1)
+                self._telemetry.waiting(resource, -1)
         if self._closed:
             # aclose() ran while this request waited; the backend has ended the grant.
             raise ConfigError(f"{self!r} was closed while {key!r} was being acquired")
-        if not immediate:
-            waited = time.monotonic() - started
+        waited = None if immediate else time.monotonic() - started
+        if waited is not None:
             self._observe_wait(waited)
-            TELEMETRY.granted(resource, waited)
+        self._telemetry.granted(resource, key, grant.token, waited)
         lease._grant = grant
         if self._renewer is not None:
             self._renewer.track(lease, grant)
@@ -316,7 +331,7 @@ class Coordinator:
                 raise LeaseLost(f"the lease on {lease.key!r} was lost", key=lease.key)
             return
         lease._released = True
-        TELEMETRY.released(grant.resource, time.monotonic() - grant.acquired_at)
+        self._telemetry.released(grant.resource, time.monotonic() - grant.acquired_at)
         if self._closed:
             # aclose() ended every grant (held leases count as lost from then on).
             lease._lost_at_release()

@@ -7,6 +7,7 @@ The contract every backend keeps is :class:`agentlocks.backends.Backend`, docume
 from agentlocks._url import Settings as Settings
 
 from ._base import Backend as Backend
+from ._base import Enumerable as Enumerable
 from ._base import FastPath as FastPath
 from ._base import Grant as Grant
 from ._base import HeadStore as HeadStore
@@ -18,6 +19,7 @@ from ._base import SignalCallback as SignalCallback
 
 __all__ = [
     "Backend",
+    "Enumerable",
     "FastPath",
     "Grant",
     "HeadStore",

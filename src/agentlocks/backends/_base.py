@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "Enumerable",
     "FastPath",
     "Grant",
     "HeadStore",
@@ -351,6 +352,25 @@ class FastPath(Protocol):
 
     def release_nowait(self, grant: Grant) -> None:
         """``release`` without suspending."""
+        ...
+
+
+@runtime_checkable
+class Enumerable(Protocol):
+    """Optional: a backend that can list the resources in use (``agentlocks inspect``).
+
+    ``memory://`` lists its own entries (in-process only: another process's memory backend
+    is out of reach); Redis scans its name records with ``SCAN`` (never ``KEYS``). A
+    backend that keeps no record of names (PostgreSQL advisory locks are hashes) does not
+    implement it.
+    """
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Sorted resources (``"l:<key>"``, ``"s:<name>"``) of this namespace whose key or
+        name starts with ``prefix`` and that have, or recently had, holders or waiters.
+
+        Best effort and not atomic: a resource may come or go while the listing runs.
+        """
         ...
 
 

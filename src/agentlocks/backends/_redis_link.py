@@ -142,6 +142,26 @@ class Link:
         work = run_batch(self._execute, self._execute_many, script, calls)
         return await self._guarded(work, urgent=urgent)
 
+    async def command(self, *args: object) -> Any:
+        """Send one plain command (``SCAN``, ...); bounded and mapped like a script call."""
+        if self.pool is None:
+            self._connect()
+
+        async def call() -> Any:
+            return await self._execute(*args)
+
+        return await self._guarded(call())
+
+    async def pipeline(self, commands: Sequence[Sequence[object]]) -> list[Any]:
+        """Send plain commands in one pipelined round trip; one reply (or error) each."""
+        if self.pool is None:
+            self._connect()
+
+        async def call() -> list[Any]:
+            return await self._execute_many(commands)
+
+        return await self._guarded(call())
+
     async def _guarded(
         self, work: Coroutine[Any, Any, T], seconds: float | None = None, *, urgent: bool = False
     ) -> T:

@@ -240,6 +240,10 @@ class MemoryBackend:
         )
         return info, waiting
 
+    async def keys(self, prefix: str) -> list[str]:
+        # Every entry has a holder or a waiter: idle ones are deleted (guarantee 9).
+        return sorted(r for r in self._entries if r[2:].startswith(prefix))
+
     async def read_generation(self, name: str) -> int:
         return self._generations.get(name, 0)
 

@@ -115,6 +115,7 @@ from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
 
 from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
 from ._pg_connection import Session, driver_dsn
+from ._pg_enumerate import AdvisoryLock, advisory_locks
 from ._pg_grants import DRIVER_ERRORS, Grants
 from ._pg_heads import PgHeads
 from ._pg_liveness import Liveness
@@ -388,6 +389,10 @@ class PostgresBackend:
                 await request.settled.wait()
         state = self._states.get(resource)
         return snapshot(rows, self._sessions.pids, keys, state, semaphore)
+
+    async def advisory_locks(self) -> list[AdvisoryLock]:
+        """Advisory locks of other sessions in this database, by key (``_pg_enumerate.py``)."""
+        return await advisory_locks(self._sessions, self._error, self._sessions.pids)
 
     # -- registries --------------------------------------------------------------------------------
 

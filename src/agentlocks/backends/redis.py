@@ -67,6 +67,7 @@ from agentlocks.errors import BackendError, Busy, QueueFull
 from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
 from ._redis_heads import drop_heads, swap_head
 from ._redis_link import OPTION_NAMES, Link
+from ._redis_names import acquire_keys, find_resources
 from ._redis_scripts import (
     ACQUIRE,
     GENERATION,
@@ -146,6 +147,7 @@ class RedisBackend:
         timeout: float | None,
     ) -> Grant:
         keys = lock_keys(self._namespace, resource)
+        named_keys, record = acquire_keys(self._namespace, resource)
         request_id = f"{self._id}:{next(self._ids)}"
         mode = "s" if shared else "x"
         request = f"{request_id}|{mode}|{capacity or 0}|{_ms(lease_ttl)}"
@@ -162,14 +164,16 @@ class RedisBackend:
                 if wait and room.inbox.ready:
                     waiter = room.register(request_id, keys, request)
                 started, sent = time.monotonic(), True
-                reply = await run(ACQUIRE, keys, request, flags + ("1" if waiter else "0"))
+                reply = await run(
+                    ACQUIRE, named_keys, request, flags + ("1" if waiter else "0"), record
+                )
                 if reply[0] == -3:
                     # Must wait, but the inbox is not subscribed (the first wait of this
                     # backend, or it is reconnecting): a grant published now would be lost.
                     await room.inbox.start()
                     waiter = room.register(request_id, keys, request)
                     started = time.monotonic()
-                    reply = await run(ACQUIRE, keys, request, flags + "1")
+                    reply = await run(ACQUIRE, named_keys, request, flags + "1", record)
             finally:
                 self._turns.give(resource)
             if reply[0] == 1:  # granted at once: the common case needs no await
@@ -293,6 +297,12 @@ class RedisBackend:
             key=lambda holder: holder.token,
         )
         return tuple(holders), int(reply[0])
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Resources named ``prefix...`` in use in this namespace (SCAN; ``_redis_names.py``)."""
+        return await find_resources(
+            self._link.command, self._link.pipeline, self._namespace, prefix
+        )
 
     async def read_generation(self, name: str) -> int:
         key = generation_key(self._namespace, name)

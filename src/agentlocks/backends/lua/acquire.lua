@@ -1,9 +1,11 @@
 -- acquire.lua: grant a request now, or queue it, or refuse it.
 --
--- KEYS: the four lock keys of _core.lua.
+-- KEYS: the four lock keys of _core.lua, then KEYS[5] n: STRING, the lock's name record
+--       (for `agentlocks inspect`; same hash tag), kept as long as the last token.
 -- ARGV[1] the request "id|mode|capacity|ttl" (its queue member)
 -- ARGV[2] "wait|max_waiting|enqueue": wait 1 or 0; max_waiting -1 for none; enqueue 1 may
 --         queue the request, 0 only probes (the caller's inbox is not subscribed yet)
+-- ARGV[3] the name record "<len(namespace)>:<namespace>:<resource>" (_redis_names.py)
 -- Returns:
 --   {1, token}    granted now: holder member "id|mode|token", lease of ttl ms
 --   {0, expiry}   queued with a deadline of ttl ms; expiry = ms until the first holder's
@@ -15,6 +17,10 @@
 -- Idempotent per request: repeating a call reports the request's current state.
 
 -- @core
+
+-- The name record lets `agentlocks inspect` find locks by name (SCAN): user keys never
+-- appear in key names. One SET: it lives while the lock is used, and expires with T.
+redis.call('SET', KEYS[5], ARGV[3], 'PX', TOKEN_KEEP_MS)
 
 local request = ARGV[1]
 local id, mode, cap, ttl = parse_request(request)

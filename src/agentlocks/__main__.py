@@ -1,0 +1,8 @@
+"""``python -m agentlocks``: the same command as ``agentlocks``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
