@@ -130,8 +130,9 @@ async def run(url: str, replicas: int, guarded: bool) -> tuple[Tally, list[Repli
                 async with writer.write() as version:
                     await replace_registry(store, version)
             else:
-                await replace_registry(store, generation)
-                await fleet[0].coord.backend.publish_generation("tool-registry", generation)
+                await replace_registry(store, generation)  # readers may see it half-done
+                async with writer.write():  # only to publish the new generation
+                    pass
         await asyncio.sleep(0.1)  # let every replica notice the last generation
         stop.set()
         await asyncio.gather(*readers)

@@ -225,7 +225,8 @@ class RedisBackend:
             try:
                 waiter = self._room.register(waiter.request_id, keys, request)
                 started = time.monotonic()
-                reply = await self._link.run(ACQUIRE, keys, request, flags + "1")
+                named_keys, record = acquire_keys(self._namespace, resource)
+                reply = await self._link.run(ACQUIRE, named_keys, request, flags + "1", record)
             finally:
                 self._turns.give(resource)
             code = int(reply[0])
