@@ -217,9 +217,19 @@ async def test_the_version_never_goes_backwards(tools: Registry) -> None:
 
 async def test_publishing_a_lower_generation_keeps_the_higher(coord: Coordinator) -> None:
     """The backend's publish never lowers the generation (the registry relies on it)."""
-    assert await coord.backend.publish_generation("tool-registry", 5) == 5
-    assert await coord.backend.publish_generation("tool-registry", 3) == 5
+    async with coord.acquire("tool-registry") as lease:
+        grant = lease._held_grant()
+        assert await coord.backend.publish_generation("tool-registry", 5, grant)
+        assert await coord.backend.publish_generation("tool-registry", 3, grant)
     assert await coord.registry("tool-registry").version() == 5
+
+
+async def test_a_released_writer_publishes_nothing(coord: Coordinator) -> None:
+    """Publishing is fenced: a grant that is no longer held writes no generation."""
+    async with coord.acquire("tool-registry") as lease:
+        grant = lease._held_grant()
+    assert not await coord.backend.publish_generation("tool-registry", 7, grant)
+    assert await coord.registry("tool-registry").version() == 0
 
 
 async def test_a_second_coordinator_sees_the_new_generation(

@@ -216,6 +216,13 @@ class Lease:
         """
         await self._coordinator._verify(self)
 
+    def _lost_at_release(self) -> None:
+        """Record a loss that the release itself found (``_mark_lost`` ignores released
+        leases, so that a late renewal cannot turn a clean release into a loss)."""
+        if not self._lost:
+            self._lost = True
+            TELEMETRY.lost(self._request[0])
+
     def _mark_lost(self) -> None:
         """Record the loss and, if the holder's block asked for it, cancel that block.
 

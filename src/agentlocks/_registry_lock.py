@@ -4,7 +4,8 @@ Readers hold the lock named like the registry shared, writers exclusive (FIFO, s
 never starve): it is exactly ``coord.acquire(name, shared=...)``, so ``inspect(name)`` shows
 its holders.
 The generation lives in the backend, so every replica sees it; a writer publishes
-``current + 1`` only when its block exits without error, and publishing never lowers it.
+``current + 1`` only when its block exits without error and its lease is still held (the
+publish is fenced by the writer's grant), and publishing never lowers it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+
+from .errors import LeaseLost
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -70,6 +73,15 @@ class Registry:
             generation = await coord.backend.read_generation(self._name) + 1
             yield generation
             # Still under the exclusive lease: no other writer can publish between our read
-            # and this write, and a lost lease refuses to publish (verify raises LeaseLost).
-            await lease.verify()
-            await coord.backend.publish_generation(self._name, generation)
+            # and this write. The publish is fenced by our grant in one atomic step on the
+            # backend, so a writer whose lease was lost after its block ended (or while
+            # this call travelled) publishes nothing: there is no check-then-write window.
+            if not await coord.backend.publish_generation(
+                self._name, generation, lease._held_grant()
+            ):
+                # The release on the way out reports the loss too (lease.lost turns True).
+                raise LeaseLost(
+                    f"the lease on registry {self._name!r} was lost: generation "
+                    f"{generation} was not published",
+                    key=self._name,
+                )

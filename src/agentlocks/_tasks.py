@@ -40,18 +40,21 @@ async def finish(coro: Coroutine[Any, Any, T]) -> T:
     by nobody, or a request queued for nobody, until its lease ran out (guarantee 7).
     """
     task = asyncio.get_running_loop().create_task(coro)
-    cancelled = False
+    cancelled: asyncio.CancelledError | None = None
     while not task.done():
         try:
             await asyncio.wait((task,))
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
         if not task.cancelled() and task.exception() is not None:
             logger.warning(
                 "cleanup failed while its caller was being cancelled: %r", task.exception()
             )
-        raise asyncio.CancelledError
+        # The caller's own CancelledError, not a new one: its message tells an anyio cancel
+        # scope (``move_on_after``: the coordinator's timeout) that the cancellation is its
+        # own to absorb; a bare CancelledError would escape the scope as a plain cancel.
+        raise cancelled
     return task.result()
 
 

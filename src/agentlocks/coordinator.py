@@ -24,12 +24,12 @@ from ._options import LockOptions, SemaphoreOptions, build_request
 from ._registry import load_backend
 from ._registry_lock import Registry
 from ._renewal import Renewer
-from ._tasks import TaskSupervisor, finish
+from ._tasks import TaskSupervisor, finish, logger
 from ._telemetry import TELEMETRY
 from ._url import DEFAULT_URL, Settings, build_settings, split_url
 from .backends._base import Backend, FastPath, Grant, KeyInfo
 from .decorators import Backpressure, KeySpec, Serialized
-from .errors import AcquireTimeout, Busy, ConfigError, LeaseLost, Unavailable
+from .errors import AcquireTimeout, AgentLocksError, Busy, ConfigError, LeaseLost, Unavailable
 
 __all__ = ["Coordinator", "connect"]
 
@@ -88,6 +88,14 @@ def connect(
     accepted = frozenset(getattr(backend_cls, "option_names", frozenset()))
     settings = build_settings(scheme, url, merged, accepted, redis or postgres)
     return Coordinator(settings, backend_cls)
+
+
+async def _release_lost(backend: Backend, grant: Grant) -> None:
+    """Release a grant already reported lost; a failure only means it expires by itself."""
+    try:
+        await backend.release(grant)
+    except AgentLocksError as exc:
+        logger.warning("release of a lost lease failed; it expires by itself: %s", exc)
 
 
 class Coordinator:
@@ -311,25 +319,38 @@ class Coordinator:
         TELEMETRY.released(grant.resource, time.monotonic() - grant.acquired_at)
         if self._closed:
             # aclose() ended every grant (held leases count as lost from then on).
-            lease._mark_lost()
+            lease._lost_at_release()
         elif self._renewer is None:
             # In-process backends never suspend in release, so no cancellation can land here.
             await self._backend.release(grant)
         else:
             expired = self._renewer.untrack(grant)
-            # Run to its end even under repeated task.cancel(): a release interrupted
-            # half-way would leave the key held by nobody until its TTL, and waiters
-            # stalled behind it (guarantee 7).
-            try:
-                held = await finish(self._backend.release(grant))
-            except Exception:
-                if not (lease._lost or expired):
-                    raise
-                held = False
-            if expired or held is False:
-                # The server no longer had the grant, or our last confirmed renewal is too
-                # old for it to be safe: whatever the block did ran unprotected (guarantee 6).
-                lease._mark_lost()
+            if lease._lost or expired:
+                # Already lost: the answer is known (LeaseLost) and the server frees the
+                # grant by itself within the lost margin. The release only hands the key on
+                # sooner, so it is sent in the background: over a silent network the block
+                # ends now, not after a call timeout.
+                lease._lost_at_release()
+                self._tasks.spawn(
+                    _release_lost(self._backend, grant),
+                    name="release of a lost lease",
+                    key=lease.key,
+                    token=grant.token,
+                )
+            else:
+                # Run to its end even under repeated task.cancel(): a release interrupted
+                # half-way would leave the key held by nobody until its TTL, and waiters
+                # stalled behind it (guarantee 7).
+                try:
+                    held = await finish(self._backend.release(grant))
+                except Exception:
+                    if not lease.lost:  # (it may have been lost while the call ran)
+                        raise
+                    held = False
+                if held is False:
+                    # The server no longer had the grant: whatever the block did ran
+                    # unprotected (guarantee 6).
+                    lease._lost_at_release()
         if lease._lost:
             raise LeaseLost(f"the lease on {lease.key!r} was lost while held", key=lease.key)
 

@@ -11,7 +11,7 @@ Resources. The coordinator hands backends a *resource* string, never a raw user 
 ``"l:" + key`` for locks (a registry's lock is the lock named like the registry) and
 ``"s:" + name`` for semaphores. Backends treat it as opaque (it may hold any Unicode) and
 scope it by ``settings.namespace``. Registry generations are stored under the registry's
-plain name, apart from locks.
+plain name, apart from locks (Redis keeps each beside its registry's lock, for the fence).
 
 Semantics every method must keep (the guarantees of API.md, from the backend's side):
 
@@ -187,10 +187,18 @@ class Backend(Protocol):
         """Return the published generation of registry ``name`` (0 if never published)."""
         ...
 
-    async def publish_generation(self, name: str, generation: int) -> int:
-        """Raise the generation of ``name`` to at least ``generation``; return the result.
+    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
+        """Publish ``generation`` for registry ``name``, fenced by the writer's ``grant``.
 
-        Generations never go backwards: publishing a lower value leaves the higher one.
+        ``grant`` is the writer's exclusive grant on the registry's lock (the resource
+        ``"l:" + name``). In one atomic step, the backend checks that ``grant`` is still
+        held and raises the stored generation to at least ``generation``; if the grant is
+        gone (its lease ran out, it was released or given away), nothing is written and
+        the answer is False (the registry then raises ``LeaseLost``). True once published.
+
+        Generations never go backwards: publishing a lower value leaves the higher one,
+        and the stored generation must outlive idle periods (no expiry that would make it
+        read as 0 again).
         """
         ...
 

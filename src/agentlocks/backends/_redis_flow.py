@@ -11,7 +11,9 @@ reply is ever read by the wrong caller.
 
 ``Gate``. A FIFO admission with a number of places whose fast path does not suspend (an
 ``asyncio.Semaphore`` creates a coroutine per entry). A place that is given back goes
-straight to the longest waiter, so nobody barges ahead of earlier arrivals.
+straight to the longest waiter, so nobody barges ahead of earlier arrivals, except an
+*urgent* entry (lease renewal), which waits at the front: a renewal has a deadline set by
+its lease, so it must only ever wait for a call in flight, never for a queue of others.
 """
 
 from __future__ import annotations
@@ -25,22 +27,38 @@ __all__ = ["CallTimer", "Gate"]
 class CallTimer:
     """Cancels calls that run longer than ``seconds``."""
 
-    __slots__ = ("_calls", "_expired", "_handle", "_seconds")
+    __slots__ = ("_armed_at", "_calls", "_expired", "_handle", "_seconds")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._calls: dict[asyncio.Task[object], float] = {}  # task -> deadline (loop time)
         self._expired: set[asyncio.Task[object]] = set()  # cancelled by us, not yet told
         self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0  # loop time the handle fires at
 
-    def start(self) -> asyncio.Task[object]:
-        """Bound the current task's call from now; return the task for :meth:`stop`."""
+    @property
+    def seconds(self) -> float:
+        """The default bound of a call (``socket_timeout``)."""
+        return self._seconds
+
+    def start(self, seconds: float | None = None) -> asyncio.Task[object]:
+        """Bound the current task's call from now; return the task for :meth:`stop`.
+
+        ``seconds`` shortens the bound of this call (never beyond the default).
+        """
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         loop = task.get_loop()
-        deadline = loop.time() + self._seconds
+        if seconds is None or seconds > self._seconds:
+            seconds = self._seconds
+        deadline = loop.time() + seconds
         self._calls[task] = deadline
-        if self._handle is None:
+        handle = self._handle
+        if handle is None or deadline < self._armed_at:
+            # Only a shortened call can be due before the armed timer: re-arm for it.
+            if handle is not None:
+                handle.cancel()
             self._handle = loop.call_at(deadline, self._fire)
+            self._armed_at = deadline
         return task
 
     def stop(self, task: asyncio.Task[object]) -> None:
@@ -71,7 +89,8 @@ class CallTimer:
                 self._expired.add(task)
                 task.cancel()
         if self._calls:
-            self._handle = loop.call_at(min(self._calls.values()), self._fire)
+            self._armed_at = min(self._calls.values())
+            self._handle = loop.call_at(self._armed_at, self._fire)
 
 
 class Gate:
@@ -90,10 +109,16 @@ class Gate:
             return True
         return False
 
-    async def enter(self) -> None:
-        """Wait for a place (call after :meth:`enter_now` said no)."""
+    async def enter(self, *, urgent: bool = False) -> None:
+        """Wait for a place (call after :meth:`enter_now` said no).
+
+        ``urgent`` waits at the front of the line, for the next place given back.
+        """
         turn = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
+        if urgent:
+            self._waiters.appendleft(turn)
+        else:
+            self._waiters.append(turn)
         try:
             await turn
         except asyncio.CancelledError:

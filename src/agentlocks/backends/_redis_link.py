@@ -7,13 +7,16 @@
   borrows an idle connection, sends its command, reads the reply and gives it back: no
   pool lock, retry wrapper or per-command hooks, which on a small machine cost about as
   much CPU as the rest of the call. At most ``max_connections`` calls are in flight (a
-  FIFO gate; a call beyond it waits, untimed), so there are never more connections.
+  FIFO gate; a call beyond it waits, untimed, except lease renewals, which wait at its
+  front and are bounded by their lease), so there are never more connections.
 * A connection the server closed while it sat idle (a restart, an idle timeout) fails on
   its next use; the call is then sent once more on a new connection. Every script is
   idempotent per request, so a repeat cannot do anything twice.
 * A user's own client (``connect(redis=client)``) is used through its public API and
   never closed.
-* Every call is bounded by ``socket_timeout`` (one shared timer, ``_redis_flow.py``); new
+* Every call is bounded by ``socket_timeout`` (one shared timer, ``_redis_flow.py``), and
+  cleanup calls (release, withdrawal) by their lease's TTL if that is shorter; renewals get
+  their deadline from the coordinator (their lease), not from ``socket_timeout``; new
   connections by ``connect_timeout``. Driver errors become ``BackendError`` with the driver
   error as ``__cause__`` and the password masked. A call cancelled mid-flight leaves its
   connection closed by redis-py, so no reply is ever read by the wrong caller.
@@ -113,32 +116,55 @@ class Link:
             self._connect()
         return self._guarded(run_script(self._execute, script, keys, *args))
 
-    async def batch(self, script: Script, calls: Sequence[Call]) -> list[Any]:
-        """Run one script call per entry of ``calls`` in one pipelined round trip."""
+    def run_within(
+        self, seconds: float, script: Script, keys: Sequence[bytes], *args: object
+    ) -> Awaitable[Any]:
+        """:meth:`run`, bounded by ``seconds`` if that is shorter than ``socket_timeout``.
+
+        For cleanup whose answer is worthless after a lease's lifetime (a release, a
+        withdrawal): past it the server has freed the grant or the queue entry by itself.
+        """
+        if self.pool is None:
+            self._connect()
+        return self._guarded(run_script(self._execute, script, keys, *args), seconds)
+
+    async def batch(
+        self, script: Script, calls: Sequence[Call], *, urgent: bool = False
+    ) -> list[Any]:
+        """Run one script call per entry of ``calls`` in one pipelined round trip.
+
+        ``urgent`` (lease renewal) waits for a connection ahead of every other call.
+        """
         if not calls:
             return []
         if self.pool is None:
             self._connect()
-        return await self._guarded(run_batch(self._execute, self._execute_many, script, calls))
+        work = run_batch(self._execute, self._execute_many, script, calls)
+        return await self._guarded(work, urgent=urgent)
 
-    async def _guarded(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _guarded(
+        self, work: Coroutine[Any, Any, T], seconds: float | None = None, *, urgent: bool = False
+    ) -> T:
         slots = self._slots
         if not slots.enter_now():
             try:
-                await slots.enter()
+                await slots.enter(urgent=urgent)
             except BaseException:
                 work.close()  # never started
                 raise
-        task = self._timer.start()
+        task = self._timer.start(seconds)
         try:
             return await work
         except FAILURES as exc:
             raise self.error(exc) from exc
         except asyncio.CancelledError:
             if self._timer.expired(task):
+                bound = (
+                    self.socket_timeout if seconds is None else min(seconds, self.socket_timeout)
+                )
                 raise BackendError(
-                    f"Redis at {self._where()} did not answer within "
-                    f"{self.socket_timeout:g} s (socket_timeout)"
+                    f"Redis at {self._where()} did not answer within {bound:g} s"
+                    + (" (socket_timeout)" if bound == self.socket_timeout else "")
                 ) from None
             raise
         finally:

@@ -96,8 +96,12 @@ def lock_keys(namespace: str, resource: str) -> LockKeys:
 
 
 def generation_key(namespace: str, name: str) -> bytes:
-    """The key holding the published generation of registry ``name``."""
-    return f"agentlocks:{{{_tag(namespace, 'g:' + name)}}}:gen".encode()
+    """The key holding the published generation of registry ``name``.
+
+    It shares the hash tag of the registry's lock (the lock ``"l:" + name``), so that a
+    publish is fenced by the writer's grant in one single-slot script.
+    """
+    return lock_keys(namespace, "l:" + name)[0][:-1] + b"g"
 
 
 Execute = Callable[..., Awaitable[Any]]

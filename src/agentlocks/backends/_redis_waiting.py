@@ -21,6 +21,25 @@ grant the inbox missed, and hands the lock on if its holder's lease ran out with
 release (a crashed holder): for that, a waiter re-checks when the first holder's lease is
 due to end, a time the server tells it. Both are timers at known deadlines, not polling;
 the hand-off itself is always pushed.
+
+Dead waiters. The script that grants a queued request publishes the grant and reads how
+many connections received it; nobody (0) means the waiter's coordinator has no inbox
+subscribed any more: its process died (or its inbox connection dropped). The grant is
+then taken back and the next waiter served in the same script (``_lib.lua``), so a dead
+waiter never holds the queue up for a lease. Invariant that keeps a *live* waiter from
+being skipped: a request is queued only while its coordinator's inbox subscription is
+confirmed (``acquire.lua``'s ``enqueue`` flag is 1 only if ``Inbox.ready`` held when the
+request was registered, i.e. after SUBSCRIBE's reply was read, so the server processed
+the SUBSCRIBE first), and the inbox stays subscribed for as long as it is connected. So
+a live waiter is skipped only if its inbox connection dropped meanwhile; then, once it
+subscribes again, its re-check finds its request gone, and because the inbox dropped
+since the request was registered, the waiter queues again (at the tail: it lost its
+place with its connection) instead of failing (:class:`Skipped`).
+
+Background tasks. The inbox reader and the keep-alive are started with the coordinator's
+``TaskSupervisor`` (never a bare ``create_task``): a failure is logged on the
+``agentlocks`` logger, and the keep-alive failing fails its waiters rather than leaving
+them to wait unrefreshed.
 """
 
 from __future__ import annotations
@@ -33,12 +52,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
 from ._redis_flow import Gate
 from ._redis_scripts import LockKeys
 
-__all__ = ["Inbox", "Turns", "WaitRoom", "Waiter"]
+__all__ = ["Inbox", "Skipped", "Turns", "WaitRoom", "Waiter"]
 
 logger = logging.getLogger("agentlocks")
 
@@ -77,13 +97,34 @@ class Turns:
             del self._gates[resource]
 
 
+class Skipped(Exception):  # a signal between our own tasks: never reaches the user
+    """The request left the queue while this process's inbox was down: queue it again.
+
+    A hand-off found nobody subscribed to our inbox (it was reconnecting) and skipped the
+    request as a dead waiter's. The waiter is alive, so it is queued afresh.
+    """
+
+
 class Waiter:
     """One queued request of this process."""
 
-    __slots__ = ("confirmed", "due", "future", "keys", "last_ok", "request", "request_id", "ttl_ms")
+    __slots__ = (
+        "confirmed",
+        "drops",
+        "due",
+        "future",
+        "keys",
+        "last_ok",
+        "request",
+        "request_id",
+        "ttl_ms",
+    )
 
-    def __init__(self, request_id: str, keys: LockKeys, request: str) -> None:
+    def __init__(self, request_id: str, keys: LockKeys, request: str, drops: int) -> None:
         self.request_id = request_id
+        # The inbox's drop count when registered: if it changed, a hand-off may have
+        # skipped this request while nobody was subscribed (see Skipped).
+        self.drops = drops
         self.keys = keys
         self.request = request  # "id|mode|capacity|ttl": its queue member
         self.ttl_ms = int(request.rpartition("|")[2])
@@ -117,7 +158,10 @@ class Inbox:
         deliver: Callable[[str, int], None],
         resubscribed: Callable[[], None],
         wanted: Callable[[], bool],
+        tasks: TaskSupervisor,
     ) -> None:
+        self._tasks = tasks
+        self.drops = 0  # times the subscription was lost (or replaced) since the start
         self._open = open_inbox
         self._deliver = deliver
         self._resubscribed = resubscribed
@@ -143,9 +187,7 @@ class Inbox:
             await self._stop_task()
             conn = await self._open()
             self._ready = True
-            self._task = asyncio.get_running_loop().create_task(
-                self._read(conn), name="agentlocks-redis-inbox"
-            )
+            self._task = self._tasks.spawn(self._read(conn), name="redis inbox reader")
 
     async def aclose(self) -> None:
         """Stop reading and close the connection."""
@@ -154,6 +196,8 @@ class Inbox:
 
     async def _stop_task(self) -> None:
         task, self._task = self._task, None
+        if task is not None:
+            self.drops += 1  # its subscription ends with it
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,6 +211,7 @@ class Inbox:
                         self._handle(await conn.read_response())
                 except Exception as exc:  # the connection broke: any error means the same
                     self._ready = False
+                    self.drops += 1
                     logger.warning("redis inbox connection lost: %s", type(exc).__name__)
                     await _disconnect(conn)
                 conn = await self._reconnect()
@@ -204,17 +249,18 @@ class Inbox:
 class WaitRoom:
     """The local waiters of one backend, their inbox and their keep-alive task."""
 
-    def __init__(self, open_inbox: OpenInbox, refresh: Refresh) -> None:
+    def __init__(self, open_inbox: OpenInbox, refresh: Refresh, tasks: TaskSupervisor) -> None:
         self._refresh = refresh
+        self._tasks = tasks
         self.waiters: dict[str, Waiter] = {}
-        self.inbox = Inbox(open_inbox, self._deliver, self._recheck_all, self._wanted)
+        self.inbox = Inbox(open_inbox, self._deliver, self._recheck_all, self._wanted, tasks)
         self._keeper: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._sleep_until = math.inf
 
     def register(self, request_id: str, keys: LockKeys, request: str) -> Waiter:
         """Expect a grant for ``request_id``: call before the request can reach the queue."""
-        waiter = self.waiters[request_id] = Waiter(request_id, keys, request)
+        waiter = self.waiters[request_id] = Waiter(request_id, keys, request, self.inbox.drops)
         return waiter
 
     def unregister(self, request_id: str) -> None:
@@ -230,9 +276,9 @@ class WaitRoom:
         waiter.last_ok = now
         waiter.due = now + self._next_check(waiter, first_expiry_ms)
         if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.get_running_loop().create_task(
-                self._keep(), name="agentlocks-redis-waiters"
-            )
+            if self._tasks.closed:
+                return  # closing: aclose() has failed (or is failing) every waiter
+            self._keeper = self._tasks.spawn(self._keep(), name="redis waiter keep-alive")
         elif waiter.due < self._sleep_until and self._wake is not None:
             self._wake.set()
 
@@ -279,6 +325,18 @@ class WaitRoom:
         return delay
 
     async def _keep(self) -> None:
+        try:
+            await self._keep_alive()
+        except Exception as exc:
+            # A bug, not the network (_refresh_batch absorbs BackendError): the waiters
+            # would wait unrefreshed until their deadlines and then hang. Fail them loudly;
+            # the supervisor logs the cause.
+            error = BackendError(f"the Redis waiters' keep-alive failed: {exc!r}")
+            error.__cause__ = exc
+            self.fail_all(error)
+            raise
+
+    async def _keep_alive(self) -> None:
         self._wake = asyncio.Event()
         while True:
             pending = [w for w in self.waiters.values() if w.confirmed and not w.future.done()]
@@ -327,6 +385,10 @@ class WaitRoom:
             elif code == 0:
                 waiter.last_ok = sent
                 waiter.due = now + self._next_check(waiter, int(reply[1]))
+            elif waiter.drops != self.inbox.drops:
+                # Our inbox dropped since the request was queued, so a hand-off may have
+                # skipped it as a dead waiter's (see the module docstring): queue again.
+                waiter.future.set_exception(Skipped())
             else:
                 waiter.future.set_exception(
                     BackendError(

@@ -236,10 +236,12 @@ class MemoryBackend:
     async def read_generation(self, name: str) -> int:
         return self._generations.get(name, 0)
 
-    async def publish_generation(self, name: str, generation: int) -> int:
-        current = max(self._generations.get(name, 0), generation)
-        self._generations[name] = current
-        return current
+    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
+        # Fenced: no await between the check and the write, so it is one atomic step.
+        if not self._held(grant):
+            return False
+        self._generations[name] = max(self._generations.get(name, 0), generation)
+        return True
 
     async def aclose(self) -> None:
         # Waiting requests fail at once (nobody would ever hand them a grant); they leave

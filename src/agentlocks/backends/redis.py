@@ -7,8 +7,8 @@ split a lock across cluster slots, and every script touches one slot. ``lua/_lib
 describes them: holders by lease expiry (``h``), the FIFO queue (``q``), queue deadlines
 (``d``) and the last token (``t``). Records are the members themselves
 (``"<request id>|<mode>|<token>"`` for a holder), which the owning coordinator can rebuild,
-so no lookup table is kept. A registry's generation is one more key,
-``agentlocks:{<tag>}:gen``.
+so no lookup table is kept. A registry's generation is one more key beside its lock's,
+``agentlocks:{<tag>}:g``.
 
 Scripts. Every state change is one Lua script (``lua/*.lua``), so it is atomic: grant or
 queue (``acquire``), release or withdraw, hand-off included (``release``), extend leases
@@ -32,12 +32,15 @@ Tokens. ``max(server time in µs, last token + 1)``: strictly increasing per key
 all clients and restarts of clients. The last token outlives the other keys by 10 minutes,
 so tokens keep growing across idle periods and server clock steps back of up to that much.
 
-Expiry. Every key has a TTL: a holder's lease (``lease_ttl``), renewed by the coordinator's
+Expiry. Every lock key has a TTL: a holder's lease (``lease_ttl``), renewed by the coordinator's
 batched renewal (one pipelined round trip per batch); a queued request's deadline (its
 ``lease_ttl`` too), renewed by the waiter's keep-alive. A lock's keys expire when its last
 lease and deadline run out. A crashed holder's lock reaches the next waiter when its lease
-ends: waiters re-check at that moment, which the server tells them. Registry generations
-are kept 30 days after their last read or publish, so one in use never resets.
+ends: waiters re-check at that moment, which the server tells them. A waiter whose
+process died is skipped at hand-off (nobody receives its grant; ``_redis_waiting.py``).
+A registry's generation has no TTL (one small key per registry name): one that expired
+would go backwards. It shares the hash tag of the registry's lock, so that a publish is
+fenced by the writer's grant in one script.
 
 Errors. Every driver failure is a ``BackendError`` (driver error as ``__cause__``, no
 password in messages), raised within ``connect_timeout`` / ``socket_timeout``.
@@ -52,11 +55,9 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, cast
+from typing import Any, ClassVar, cast
 
-import anyio
-
-from agentlocks._tasks import TaskSupervisor
+from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, Busy, QueueFull
 
@@ -76,14 +77,11 @@ from ._redis_scripts import (
     generation_key,
     lock_keys,
 )
-from ._redis_waiting import Turns, Waiter, WaitRoom
+from ._redis_waiting import Skipped, Turns, Waiter, WaitRoom
 
 __all__ = ["RedisBackend", "RedisHandle"]
 
 logger = logging.getLogger("agentlocks")
-
-#: A registry generation is kept this long after its last read or publish.
-GENERATION_KEEP_MS: Final = 30 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +112,7 @@ class RedisBackend:
         self._ids = itertools.count(1)
         self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
-        self._room = WaitRoom(self._open_inbox, self._refresh)
+        self._room = WaitRoom(self._open_inbox, self._refresh, tasks)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -171,7 +169,9 @@ class RedisBackend:
             if reply[0] == 1:  # granted at once: the common case needs no await
                 token = int(reply[1])
             else:
-                token, started = await self._outcome(resource, reply, waiter, started)
+                token, started = await self._outcome(
+                    resource, keys, request, flags, reply, waiter, started
+                )
         except (Busy, QueueFull):
             room.unregister(request_id)  # refused before anything was stored
             raise
@@ -181,7 +181,7 @@ class RedisBackend:
                 # Invariant: nothing of this request survives a failed or cancelled
                 # acquire. The script may have queued or granted it without our seeing
                 # the reply, or the grant raced the cancellation; release.lua ends it.
-                await self._withdraw(keys, request_id, request)
+                await self._withdraw(keys, request_id, request, lease_ttl)
             raise
         if waiter is not None:
             room.unregister(request_id)
@@ -191,12 +191,36 @@ class RedisBackend:
         return grant
 
     async def _outcome(
-        self, resource: str, reply: Any, waiter: Waiter | None, started: float
+        self,
+        resource: str,
+        keys: LockKeys,
+        request: str,
+        flags: str,
+        reply: Any,
+        waiter: Waiter | None,
+        started: float,
     ) -> tuple[int, float]:
         code = int(reply[0])
-        if code == 0 and waiter is not None:
+        while code == 0 and waiter is not None:
             self._room.queued(waiter, int(reply[1]))
-            return await waiter.future
+            try:
+                return await waiter.future
+            except Skipped:
+                pass
+            # Skipped as a dead waiter while our inbox was down (_redis_waiting.py): we
+            # are alive, so queue again, as a new arrival (the place went with the inbox).
+            await self._room.inbox.start()
+            if not self._turns.take_now(resource):
+                await self._turns.take(resource)
+            try:
+                waiter = self._room.register(waiter.request_id, keys, request)
+                started = time.monotonic()
+                reply = await self._link.run(ACQUIRE, keys, request, flags + "1")
+            finally:
+                self._turns.give(resource)
+            code = int(reply[0])
+            if code == 1:
+                return int(reply[1]), started
         key = describe(resource)
         if code == -1:
             raise Busy(f"{key!r} is held", key=key)
@@ -204,27 +228,43 @@ class RedisBackend:
             raise QueueFull(f"{reply[1]} requests already wait on {key!r}", key=key)
         raise BackendError(f"unexpected reply from acquire.lua: {reply!r}")
 
-    async def _withdraw(self, keys: LockKeys, request_id: str, request: str) -> None:
+    async def _withdraw(
+        self, keys: LockKeys, request_id: str, request: str, lease_ttl: float
+    ) -> None:
         if self._closed:
             return  # aclose() released or withdrew everything it knew of
-        # Shielded: this runs while the caller is being cancelled, and must still reach
-        # the server, or the request would block the key until its deadline.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._link.run(RELEASE, keys, request_id, request)
-            except BackendError as exc:
-                logger.warning("could not withdraw a request; it expires by itself: %s", exc)
+        # Invariant: nothing of a cancelled request survives it. This runs while the caller
+        # is being cancelled, possibly again and again (task-group aborts, nested
+        # timeouts): finish() runs the withdrawal to its end in a task of its own, or the
+        # request would block the key until its deadline. Bounded by the request's TTL:
+        # by then its queue deadline (or a raced grant's lease) has run out anyway.
+        await finish(self._withdraw_now(keys, request_id, request, lease_ttl))
+
+    async def _withdraw_now(
+        self, keys: LockKeys, request_id: str, request: str, lease_ttl: float
+    ) -> None:
+        try:
+            await self._link.run_within(lease_ttl, RELEASE, keys, request_id, request)
+        except BackendError as exc:
+            logger.warning("could not withdraw a request; it expires by itself: %s", exc)
 
     async def release(self, grant: Grant) -> bool:
         handle = _handle(grant)
         self._held.pop(handle.request_id, None)
         # release.lua answers 0 when the grant was no longer there (expired, or the key
         # was given to someone else): that lease was lost, not released (guarantee 6).
-        return int(await self._link.run(RELEASE, handle.keys, handle.member)) == 1
+        # Bounded by the lease's TTL: past it the server has freed the grant by itself,
+        # so a silent network cannot hold the releasing block for a whole socket_timeout.
+        reply = await self._link.run_within(grant.lease_ttl, RELEASE, handle.keys, handle.member)
+        return int(reply) == 1
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
         calls = [(_handle(g).keys, (_handle(g).member, _ms(g.lease_ttl))) for g in grants]
-        replies = await self._link.batch(RENEW, calls)
+        # Urgent: ahead of every call waiting for a connection, so that a busy pool cannot
+        # make a lease miss its renewal. The coordinator bounds the call by the lease's
+        # deadline and may cancel it mid-flight: the connection is then closed (redis-py
+        # drops a connection whose reply was not read), and renew.lua is idempotent.
+        replies = await self._link.batch(RENEW, calls, urgent=True)
         gone = []
         for grant, reply in zip(grants, replies, strict=True):
             if isinstance(reply, BaseException):
@@ -250,30 +290,37 @@ class RedisBackend:
 
     async def read_generation(self, name: str) -> int:
         key = generation_key(self._namespace, name)
-        return int(await self._link.run(GENERATION, (key,), "", GENERATION_KEEP_MS))
+        return int(await self._link.run(GENERATION, (key,)))
 
-    async def publish_generation(self, name: str, generation: int) -> int:
-        key = generation_key(self._namespace, name)
-        return int(await self._link.run(GENERATION, (key,), generation, GENERATION_KEEP_MS))
+    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
+        handle = _handle(grant)
+        keys = (handle.keys[0], generation_key(self._namespace, name))
+        # Fenced: generation.lua writes only if the writer's grant is still held, in the
+        # same atomic step (a writer whose lease was lost publishes nothing).
+        return int(await self._link.run(GENERATION, keys, generation, handle.member)) >= 0
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            waiters = self._room.fail_all(BackendError("the coordinator was closed while waiting"))
-            held, self._held = list(self._held.values()), {}
-            ends: list[Call] = [(w.keys, (w.request_id, w.request)) for w in waiters]
-            ends += [(_handle(g).keys, (_handle(g).member,)) for g in held]
-            if ends and self._link.used:
-                try:
-                    await self._link.batch(RELEASE, ends)
-                except BackendError as exc:
-                    logger.warning("closing: grants left to expire by themselves: %s", exc)
-            for grant in held:
-                self._on_lost(grant)  # the lease ends here: its holder must hear it
-            await self._room.aclose()
-            await self._link.aclose()
+        # Waiters fail at once, before any await; the rest runs to its end even if our
+        # caller is cancelled meanwhile (the coordinator runs it under finish() too).
+        waiters = self._room.fail_all(BackendError("the coordinator was closed while waiting"))
+        await finish(self._close(waiters))
+
+    async def _close(self, waiters: list[Waiter]) -> None:
+        held, self._held = list(self._held.values()), {}
+        ends: list[Call] = [(w.keys, (w.request_id, w.request)) for w in waiters]
+        ends += [(_handle(g).keys, (_handle(g).member,)) for g in held]
+        if ends and self._link.used:
+            try:
+                await self._link.batch(RELEASE, ends)
+            except BackendError as exc:
+                logger.warning("closing: grants left to expire by themselves: %s", exc)
+        for grant in held:
+            self._on_lost(grant)  # the lease ends here: its holder must hear it
+        await self._room.aclose()
+        await self._link.aclose()
 
     # -- waiting -------------------------------------------------------------------------------
 

@@ -41,6 +41,16 @@ end
 
 -- Hand the lock to the head of the queue while the head is admissible (adjacent shared
 -- requests are granted together), and tell each new holder's coordinator.
+--
+-- Dead waiters are skipped: PUBLISH answers how many connections received the grant, and
+-- 0 means nobody listens on the waiter's inbox any more (its process died, or its inbox
+-- connection dropped). That grant is taken back at once (its token is simply never used)
+-- and the next waiter is served, so a dead waiter cannot hold the queue up for a lease.
+-- Invariant (see _redis_waiting.py): a request is queued only while its coordinator's
+-- inbox subscription is confirmed, and that subscription lasts as long as its connection,
+-- so a live waiter is skipped only across a dropped inbox, and then it queues again
+-- itself. (Needs PUBLISH to count every receiver: true on one server; Redis Cluster would
+-- need SPUBLISH to the slot's shard.)
 local function grant_head()
   while true do
     local head = redis.call('ZRANGE', Q, 0, 0)[1]
@@ -51,8 +61,13 @@ local function grant_head()
     redis.call('ZREM', D, head)
     if id then -- (a malformed member cannot happen unless edited by hand: dropped)
       local token = grant(id, mode, ttl)
-      redis.call('PUBLISH', INBOX .. string.match(id, '^[^:]+'), id .. ' ' .. fmt(token))
-      if mode == 'x' then return end -- an exclusive holder admits nobody else
+      local heard = redis.call(
+        'PUBLISH', INBOX .. string.match(id, '^[^:]+'), id .. ' ' .. fmt(token))
+      if heard == 0 then
+        redis.call('ZREM', H, id .. '|' .. mode .. '|' .. fmt(token)) -- nobody to hold it
+      elseif mode == 'x' then
+        return -- an exclusive holder admits nobody else
+      end
     end
   end
 end
