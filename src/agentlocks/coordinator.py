@@ -35,7 +35,11 @@ __all__ = ["Coordinator", "connect"]
 
 _new_lease = object.__new__
 
-_CLIENT_SCHEMES: Final = {"redis": ("redis", "rediss"), "postgres": ("postgres", "postgresql")}
+_CLIENT_SCHEMES: Final = {
+    "redis": ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel",
+              "rediss+sentinel"),
+    "postgres": ("postgres", "postgresql"),
+}  # fmt: skip
 
 
 def connect(
@@ -72,7 +76,9 @@ def connect(
     client_kind = "redis" if redis is not None else "postgres" if postgres is not None else None
     if url is None:
         if client_kind is not None:
-            url = f"{_CLIENT_SCHEMES[client_kind][0]}://"
+            # A RedisCluster client implies a cluster URL (checked by name: no driver import).
+            cluster = type(redis).__name__ == "RedisCluster"
+            url = "redis+cluster://" if cluster else f"{_CLIENT_SCHEMES[client_kind][0]}://"
         else:
             url = os.environ.get("AGENTLOCKS_URL") or DEFAULT_URL
     scheme, query = split_url(url)

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -39,12 +40,15 @@ from redis.exceptions import RedisError, ResponseError
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, ConfigError
 
+from ._redis_clients import DEPLOYMENT_OPTIONS, ClusterCalls, parse_deployment, sentinel_pool
 from ._redis_flow import CallTimer, Gate
-from ._redis_scripts import Call, Script, run_batch, run_script
+from ._redis_scripts import Call, Script, cluster_variant, run_batch, run_script
 
 __all__ = ["OPTION_NAMES", "Link"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("agentlocks")
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_SOCKET_TIMEOUT: Final = 5.0
@@ -52,7 +56,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 32
 _SSL_OPTIONS: Final = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile"})
 #: The backend options accepted in the URL query or as ``connect()`` keywords.
 OPTION_NAMES: Final = frozenset({"connect_timeout", "socket_timeout", "max_connections"}) | (
-    _SSL_OPTIONS
+    _SSL_OPTIONS | DEPLOYMENT_OPTIONS
 )
 FAILURES: Final = (RedisError, OSError)  # OSError includes TimeoutError and refused sockets
 
@@ -66,15 +70,16 @@ class Link:
         self.socket_timeout = _seconds(options, "socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         self.max_connections = _count(options, "max_connections", DEFAULT_MAX_CONNECTIONS)
         self._ssl = {k: v for k, v in options.items() if k in _SSL_OPTIONS}
-        if self._ssl and settings.scheme != "rediss":
+        # Single server, cluster or sentinel; URL, options and client checked here.
+        self.deployment = parse_deployment(settings)
+        if self._ssl and not self.deployment.tls:
             raise ConfigError(f"{', '.join(sorted(self._ssl))} need a rediss:// URL")
         self._user_client: Any = settings.client
-        if self._user_client is not None and not isinstance(self._user_client, aioredis.Redis):
-            raise ConfigError(
-                f"redis= takes a redis.asyncio.Redis client, got {type(self._user_client).__name__}"
-            )
+        self._ask_sentinels = self.deployment.kind == "sentinel" and settings.client is None
+        self.cluster: ClusterCalls | None = None  # the cluster's router (redis+cluster://)
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         parts = urlsplit(settings.url)
-        self._password = parts.password or ""
+        self._secrets = [p for p in (parts.password, self.deployment.sentinel_password) if p]
         self._base_url = urlunsplit(parts._replace(query="", fragment=""))
         self._redacted_url = settings.redacted_url
         self.client_name = client_name
@@ -94,10 +99,30 @@ class Link:
     def _connect(self) -> None:
         if self.closed:
             raise ConfigError("this coordinator is closed")
-        if self._user_client is not None:
+        if self.deployment.kind == "cluster":
+            # redis-py's RedisCluster routes each call to its slot's master and follows
+            # MOVED / ASK and failovers (_redis_clients.py); ours is closed by aclose().
+            self.cluster = ClusterCalls(
+                self.deployment, self._user_client, self.connect_timeout,
+                self.max_connections, self._ssl, self.client_name,
+            )  # fmt: skip
+            self.pool = self.cluster
+            self._execute = self.cluster.execute
+            self._execute_many = self.cluster.execute_many
+            self._closers.append(self.cluster.aclose)
+        elif self._user_client is not None:
             self.pool = self._user_client.connection_pool
             self._execute = self._user_client.execute_command
             self._execute_many = self._execute_many_theirs
+        elif self.deployment.kind == "sentinel":
+            # Our own connections, each asking the sentinels where the primary is when it
+            # connects; a demoted primary's READONLY drops the connection (a retry goes to
+            # the new primary). Never a replica.
+            self.pool, closer = sentinel_pool(
+                self.deployment, self.connect_timeout, self.socket_timeout, self.client_name,
+                self._ssl,
+            )  # fmt: skip
+            self._closers.append(closer)
         else:
             # Our connections have no socket_timeout: every call is bounded by our own
             # timer, which is cheaper than redis-py's (a task per command).
@@ -114,6 +139,8 @@ class Link:
         """Run one script call (await it): one round trip, bounded by ``socket_timeout``."""
         if self.pool is None:
             self._connect()
+        if self.cluster is not None:
+            script = cluster_variant(script)
         return self._guarded(run_script(self._execute, script, keys, *args))
 
     def run_within(
@@ -126,6 +153,8 @@ class Link:
         """
         if self.pool is None:
             self._connect()
+        if self.cluster is not None:
+            script = cluster_variant(script)
         return self._guarded(run_script(self._execute, script, keys, *args), seconds)
 
     async def batch(
@@ -139,6 +168,8 @@ class Link:
             return []
         if self.pool is None:
             self._connect()
+        if self.cluster is not None:
+            script = cluster_variant(script)
         work = run_batch(self._execute, self._execute_many, script, calls)
         return await self._guarded(work, urgent=urgent)
 
@@ -205,6 +236,10 @@ class Link:
         conn = self._idle.pop() if reused else self.pool.make_connection()
         while True:
             try:
+                if self._ask_sentinels and not conn.is_connected:
+                    # send_packed_command would connect to its last address (none yet);
+                    # connect() asks the sentinels where the primary is now.
+                    await conn.connect()
                 result = await io(conn)
             except ResponseError:
                 self._give_back(conn)  # an error reply: the connection itself is fine
@@ -242,7 +277,21 @@ class Link:
         """A new connection subscribed to ``channel``; ``BackendError`` if impossible."""
         if self.pool is None:
             self._connect()
-        kwargs = dict(self.pool.connection_kwargs)
+        conn = await self.open_subscriber(self.pool.connection_class, self.pool.connection_kwargs)
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                await conn.send_command("SUBSCRIBE", channel)
+                await conn.read_response()  # the subscription is confirmed
+        except BaseException as exc:
+            await conn.disconnect()
+            if isinstance(exc, FAILURES):
+                raise self.error(exc) from exc
+            raise
+        return conn
+
+    async def open_subscriber(self, connection_class: Any, settings: Mapping[str, Any]) -> Any:
+        """A new connected pub/sub connection made like ``settings`` say (no read timeout)."""
+        kwargs = dict(settings)
         kwargs.update(
             socket_timeout=None,  # it waits for messages: reads must not time out
             protocol=2,  # plain pub/sub frames, whatever the user's client speaks
@@ -254,14 +303,12 @@ class Link:
             if name in kwargs:
                 kwargs[name] = None
         try:
-            conn = self.pool.connection_class(**kwargs)
+            conn = connection_class(**kwargs)
         except FAILURES as exc:
             raise self.error(exc) from exc
         try:
-            async with asyncio.timeout(self.connect_timeout + self.socket_timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 await conn.connect()
-                await conn.send_command("SUBSCRIBE", channel)
-                await conn.read_response()  # the subscription is confirmed
         except BaseException as exc:
             await conn.disconnect()
             if isinstance(exc, FAILURES):
@@ -278,17 +325,25 @@ class Link:
         """
         self.closed = True
         self._drop_idle()
+        closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                await close()
+            except FAILURES as exc:  # closing anyway: nothing to report to
+                logger.debug("closing a Redis client failed: %r", exc)
 
     def error(self, exc: BaseException) -> BackendError:
         """The ``BackendError`` for driver error ``exc`` (raise it ``from exc``)."""
         text = str(exc) or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return BackendError(f"Redis at {self._where()} failed: {type(exc).__name__}: {text}")
 
     def _where(self) -> str:
         if self._user_client is None:
             return self._redacted_url
+        if self.cluster is not None:
+            return f"{self.cluster.where()} (redis=)"
         kwargs = self._user_client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')} (redis=)"
 

@@ -53,7 +53,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -77,6 +77,7 @@ from ._redis_scripts import (
     generation_key,
     lock_keys,
 )
+from ._redis_shards import ShardInbox
 from ._redis_waiting import Skipped, Turns, Waiter, WaitRoom
 
 __all__ = ["RedisBackend", "RedisHandle"]
@@ -112,7 +113,10 @@ class RedisBackend:
         self._ids = itertools.count(1)
         self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
-        self._room = WaitRoom(self._open_inbox, self._refresh, tasks)
+        shards = self._link.deployment.kind == "cluster"
+        self._room = WaitRoom(
+            self._open_inbox, self._refresh, tasks, self._shard_inbox if shards else None
+        )
         self._closed = False
 
     def __repr__(self) -> str:
@@ -153,14 +157,14 @@ class RedisBackend:
             try:
                 # Registered before the script can queue the request, so that a grant
                 # published before the script's reply reaches us still finds its waiter.
-                if wait and room.inbox.ready:
+                if wait and room.inbox.ready_for(keys):
                     waiter = room.register(request_id, keys, request)
                 started, sent = time.monotonic(), True
                 reply = await run(ACQUIRE, keys, request, flags + ("1" if waiter else "0"))
                 if reply[0] == -3:
                     # Must wait, but the inbox is not subscribed (the first wait of this
                     # backend, or it is reconnecting): a grant published now would be lost.
-                    await room.inbox.start()
+                    await room.inbox.start(keys)
                     waiter = room.register(request_id, keys, request)
                     started = time.monotonic()
                     reply = await run(ACQUIRE, keys, request, flags + "1")
@@ -209,7 +213,7 @@ class RedisBackend:
                 pass
             # Skipped as a dead waiter while our inbox was down (_redis_waiting.py): we
             # are alive, so queue again, as a new arrival (the place went with the inbox).
-            await self._room.inbox.start()
+            await self._room.inbox.start(keys)
             if not self._turns.take_now(resource):
                 await self._turns.take(resource)
             try:
@@ -323,6 +327,11 @@ class RedisBackend:
         await self._link.aclose()
 
     # -- waiting -------------------------------------------------------------------------------
+
+    def _shard_inbox(
+        self, deliver: Callable[[str, int], None], recheck: Callable[[], None], waiters: Any
+    ) -> ShardInbox:
+        return ShardInbox(self._link, self._id, deliver, recheck, waiters, self._tasks)
 
     async def _open_inbox(self) -> Any:
         return await self._link.open_inbox(INBOX_PREFIX + self._id)
