@@ -82,6 +82,8 @@ def parse_deployment(settings: Settings) -> Deployment:
         if given:
             raise ConfigError(f"{', '.join(given)} need a redis+sentinel:// URL")
     min_replicas = _min_replicas(options.get("min_replicas", 0))
+    if min_replicas and kind == "cluster":
+        raise ConfigError("min_replicas is not supported on redis+cluster:// yet")
     _check_client(kind, settings.client)
     if kind == "single" or settings.client is not None:
         return Deployment(kind, tls, min_replicas=min_replicas)

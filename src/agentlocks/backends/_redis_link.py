@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, ConfigError
@@ -58,7 +58,11 @@ _SSL_OPTIONS: Final = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile"
 OPTION_NAMES: Final = frozenset({"connect_timeout", "socket_timeout", "max_connections"}) | (
     _SSL_OPTIONS | DEPLOYMENT_OPTIONS
 )
-FAILURES: Final = (RedisError, OSError)  # OSError includes TimeoutError and refused sockets
+#: Scripts whose writes must reach ``min_replicas`` replicas before their reply counts:
+#: a grant (acquire), a lease extension (renew) and a published generation.
+DURABLE: Final = frozenset({"acquire", "renew", "generation"})
+# OSError includes TimeoutError and refused sockets.
+FAILURES: Final = (RedisError, RedisClusterException, OSError)
 
 
 class Link:
@@ -75,6 +79,10 @@ class Link:
         if self._ssl and not self.deployment.tls:
             raise ConfigError(f"{', '.join(sorted(self._ssl))} need a rediss:// URL")
         self._user_client: Any = settings.client
+        # WAIT after every durable write (same connection: WAIT covers that client's
+        # writes, and everything the primary wrote before them, as replication keeps order).
+        self.min_replicas = self.deployment.min_replicas
+        self._wait_ms = max(1, int(self.socket_timeout * 800))  # within the call's bound
         self._ask_sentinels = self.deployment.kind == "sentinel" and settings.client is None
         self.cluster: ClusterCalls | None = None  # the cluster's router (redis+cluster://)
         self._closers: list[Callable[[], Awaitable[None]]] = []
@@ -141,7 +149,8 @@ class Link:
             self._connect()
         if self.cluster is not None:
             script = cluster_variant(script)
-        return self._guarded(run_script(self._execute, script, keys, *args))
+        execute = self._execute_durable if self._durable(script) else self._execute
+        return self._guarded(run_script(execute, script, keys, *args))
 
     def run_within(
         self, seconds: float, script: Script, keys: Sequence[bytes], *args: object
@@ -155,7 +164,8 @@ class Link:
             self._connect()
         if self.cluster is not None:
             script = cluster_variant(script)
-        return self._guarded(run_script(self._execute, script, keys, *args), seconds)
+        execute = self._execute_durable if self._durable(script) else self._execute
+        return self._guarded(run_script(execute, script, keys, *args), seconds)
 
     async def batch(
         self, script: Script, calls: Sequence[Call], *, urgent: bool = False
@@ -170,7 +180,10 @@ class Link:
             self._connect()
         if self.cluster is not None:
             script = cluster_variant(script)
-        work = run_batch(self._execute, self._execute_many, script, calls)
+        if self._durable(script):
+            work = run_batch(self._execute_durable, self._execute_many_durable, script, calls)
+        else:
+            work = run_batch(self._execute, self._execute_many, script, calls)
         return await self._guarded(work, urgent=urgent)
 
     async def _guarded(
@@ -201,6 +214,31 @@ class Link:
         finally:
             self._timer.stop(task)
             slots.leave()
+
+    # -- min_replicas ---------------------------------------------------------------------------
+
+    def _durable(self, script: Script) -> bool:
+        return self.min_replicas > 0 and script.name in DURABLE
+
+    async def _execute_durable(self, *args: object) -> Any:
+        (reply,) = await self._execute_many_durable([args])
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def _execute_many_durable(self, commands: Sequence[Sequence[object]]) -> list[Any]:
+        """``commands`` then ``WAIT`` on one connection; BackendError if too few replicas."""
+        wait = (b"WAIT", self.min_replicas, self._wait_ms)
+        replies = await self._execute_many([*commands, wait])
+        acked = replies.pop()
+        if isinstance(acked, BaseException):
+            raise acked
+        if int(acked) < self.min_replicas:
+            raise BackendError(
+                f"only {acked} replica(s) of Redis at {self._where()} confirmed a write "
+                f"within {self._wait_ms} ms; min_replicas={self.min_replicas}"
+            )
+        return replies
 
     # -- our connections ----------------------------------------------------------------------
 

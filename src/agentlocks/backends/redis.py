@@ -176,6 +176,8 @@ class RedisBackend:
                 token, started = await self._outcome(
                     resource, keys, request, flags, reply, waiter, started
                 )
+                if self._link.min_replicas:
+                    await self._replicated(keys, f"{request_id}|{mode}|{token}", lease_ttl)
         except (Busy, QueueFull):
             room.unregister(request_id)  # refused before anything was stored
             raise
@@ -231,6 +233,14 @@ class RedisBackend:
         if code == -2:
             raise QueueFull(f"{reply[1]} requests already wait on {key!r}", key=key)
         raise BackendError(f"unexpected reply from acquire.lua: {reply!r}")
+
+    async def _replicated(self, keys: LockKeys, member: str, lease_ttl: float) -> None:
+        # A hand-off grant was written by the releaser's script, on its connection. This
+        # renewal writes on ours, and the WAIT after it (Link, min_replicas) covers every
+        # earlier write too (replication keeps the primary's order): once it returns, the
+        # grant is on min_replicas replicas, so a failover cannot forget it.
+        if not int(await self._link.run(RENEW, keys, member, _ms(lease_ttl))):
+            raise BackendError("the hand-off grant was gone before it was replicated")
 
     async def _withdraw(
         self, keys: LockKeys, request_id: str, request: str, lease_ttl: float
