@@ -179,6 +179,26 @@ async def test_a_partitioned_waiter_does_not_hang(redis_url: str, connect: Conne
         await lease.release()
 
 
+async def test_renewal_is_not_stuck_behind_a_busy_pool(redis_url: str, connect: Connect) -> None:
+    """lease_ttl=1, one slow connection, 30 tasks queued for it: renewals still keep the lease."""
+    with PartitionProxy(port_of(redis_url)) as proxy:
+        proxy.delay = 0.02  # a 40 ms round trip: the queue for the connection is ~1.2 s long
+        coord = connect(proxy.url_for(redis_url), max_connections=1, lease_ttl=1)
+        busy = True
+
+        async def load() -> None:
+            while busy:
+                await coord.inspect("elsewhere")
+
+        async with coord.acquire("renewed") as lease:
+            loaders = [asyncio.create_task(load()) for _ in range(30)]
+            await asyncio.sleep(2.5)  # several lease lifetimes
+            assert not lease.lost
+            busy = False
+            await asyncio.gather(*loaders)
+        proxy.delay = 0.0
+
+
 # -- 4. release and withdrawal under repeated cancels ------------------------------------------
 
 
@@ -263,6 +283,22 @@ async def test_a_killed_waiter_process_is_skipped_at_hand_off(
     info = await coord.inspect("dead-waiter")
     assert info.waiting == 0 and [h.token for h in info.holders] == [after.token]
     await after.release()
+
+
+async def test_a_stale_queue_entry_on_a_free_key_does_not_block_a_newcomer(
+    connect: Connect, namespace: str, raw: aioredis.Redis
+) -> None:
+    """A queued request nobody listens for, on a free key: a new request is granted at once."""
+    coord = connect()
+    _, q_key, d_key, _ = (k.decode() for k in lock_keys(namespace, "l:stale"))
+    stale = "0123456789abcdef:1|x|0|20000"  # a coordinator that no longer exists
+    now_ms = int((await raw.time())[0]) * 1000
+    await raw.zadd(q_key, {stale: 1})
+    await raw.zadd(d_key, {stale: now_ms + 20_000})
+    lease = await asyncio.wait_for(coord.acquire("stale"), 2)
+    info = await coord.inspect("stale")
+    assert info.waiting == 0 and [h.token for h in info.holders] == [lease.token]
+    await lease.release()
 
 
 async def test_a_live_waiter_skipped_while_its_inbox_was_down_queues_again(

@@ -37,6 +37,8 @@ class PartitionProxy:
         self._server: asyncio.Server | None = None
         self.port = 0
         self.dropped = 0  # bytes thrown away while partitioned
+        #: Seconds each chunk is held before it is forwarded (each way): a slow network.
+        self.delay = 0.0
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -129,5 +131,7 @@ class PartitionProxy:
             if self._dropping:
                 self.dropped += len(data)
                 continue
+            if self.delay:
+                await asyncio.sleep(self.delay)
             writer.write(data)
             await writer.drain()

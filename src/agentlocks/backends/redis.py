@@ -40,7 +40,9 @@ ends: waiters re-check at that moment, which the server tells them. A waiter who
 process died is skipped at hand-off (nobody receives its grant; ``_redis_waiting.py``).
 A registry's generation has no TTL (one small key per registry name): one that expired
 would go backwards. It shares the hash tag of the registry's lock, so that a publish is
-fenced by the writer's grant in one script.
+fenced by the writer's grant in one script. Like every other key it is lost with the
+server's dataset (a restart without persistence, a failover without replication): it then
+reads 0 until the next write.
 
 Errors. Every driver failure is a ``BackendError`` (driver error as ``__cause__``, no
 password in messages), raised within ``connect_timeout`` / ``socket_timeout``.

@@ -28,6 +28,12 @@ end
 -- @lib
 
 local changed = reap()
+if not changed and redis.call('ZCARD', H) == 0 then
+  -- A free key with a queue: its head's grant went to nobody (a waiter that left without
+  -- withdrawing, e.g. one of a coordinator closed mid-acquire). Serve the queue first:
+  -- grant_head skips waiters nobody listens for, so the queue cannot stay stuck.
+  changed = true
+end
 if changed then grant_head() end
 -- A repeated call (a client retrying after a lost reply) reports what the first one did.
 local member = find_holder(id)
