@@ -54,12 +54,14 @@ def connect(
     """Create a coordinator for the backend named by ``url``. Does no I/O.
 
     Args:
-        url: ``memory://``, ``redis://...``, ``rediss://...``, ``postgres(ql)://...`` or a
+        url: ``memory://``, ``redis://...``, ``rediss://...``, ``redis+cluster://h1:7000,...``,
+            ``redis+sentinel://h1:26379,.../service``, ``postgres(ql)://...`` or a
             registered scheme. Defaults to ``$AGENTLOCKS_URL``, else ``memory://``.
             Query parameters set the same options as keywords (``?namespace=x``).
         namespace: Isolates independent apps sharing one server (default ``"agentlocks"``).
         lease_ttl: Default lease time-to-live in seconds (default 30).
-        redis: A ``redis.asyncio.Redis`` client you already own (implies ``redis://``).
+        redis: A ``redis.asyncio.Redis`` client you already own (implies ``redis://``), or
+            a ``RedisCluster`` (implies ``redis+cluster://``).
         postgres: An ``asyncpg`` pool you already own (implies ``postgresql://``).
         **options: Backend-specific options.
 

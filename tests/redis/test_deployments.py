@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,7 +14,7 @@ import agentlocks
 from agentlocks import BackendError, ConfigError
 from tests.support.deployments import ClusterDeployment, SentinelDeployment
 
-from .conftest import Connect, start
+from .conftest import Connect, Server, start
 
 SECRET = "s3cr3t-pw"
 
@@ -181,3 +182,18 @@ async def test_min_replicas_waits_for_the_replica(
     with pytest.raises(BackendError, match="min_replicas=2"):
         await impossible.acquire("durable")
     assert (await durable.inspect("durable")).holders == ()
+
+
+@pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lru", "noeviction"])
+async def test_an_evicting_maxmemory_policy_is_warned_about_at_connect(
+    server: Server, connect: Connect, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    """volatile-*/allkeys-* can evict a held lock's keys: one warning on first use; none else."""
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.config_set("maxmemory-policy", policy)
+    await admin.aclose()
+    with caplog.at_level(logging.WARNING, logger="agentlocks"):
+        async with connect(server.url).acquire("evictable"):
+            await asyncio.sleep(0.1)  # the check runs beside the first call
+    warned = [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert len(warned) == (0 if policy == "noeviction" else 1), warned

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, ConfigError
 
@@ -68,7 +69,9 @@ FAILURES: Final = (RedisError, RedisClusterException, OSError)
 class Link:
     """The connections, deadlines and error mapping of one backend."""
 
-    def __init__(self, settings: Settings, client_name: str) -> None:
+    def __init__(
+        self, settings: Settings, client_name: str, tasks: TaskSupervisor | None = None
+    ) -> None:
         options = settings.options
         self.connect_timeout = _seconds(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         self.socket_timeout = _seconds(options, "socket_timeout", DEFAULT_SOCKET_TIMEOUT)
@@ -91,6 +94,7 @@ class Link:
         self._base_url = urlunsplit(parts._replace(query="", fragment=""))
         self._redacted_url = settings.redacted_url
         self.client_name = client_name
+        self._tasks = tasks  # runs the one-off eviction policy check
         self.pool: Any = None  # made on first use: nothing here does I/O
         self.closed = False
         self._idle: list[Any] = []  # our connections not in use (connected, or to reconnect)
@@ -107,6 +111,8 @@ class Link:
     def _connect(self) -> None:
         if self.closed:
             raise ConfigError("this coordinator is closed")
+        if self._tasks is not None and not self._tasks.closed:
+            self._tasks.spawn(self._check_eviction(), name="redis eviction policy check")
         if self.deployment.kind == "cluster":
             # redis-py's RedisCluster routes each call to its slot's master and follows
             # MOVED / ASK and failovers (_redis_clients.py); ours is closed by aclose().
@@ -214,6 +220,35 @@ class Link:
         finally:
             self._timer.stop(task)
             slots.leave()
+
+    # -- eviction policy --------------------------------------------------------------------------
+
+    async def _check_eviction(self) -> None:
+        """Warn once if the server may evict a held lock's keys (every one has a TTL)."""
+        try:
+            if self.cluster is not None:
+                masters = await self.cluster.masters()
+                replies = await self.cluster.client.execute_command(
+                    "CONFIG", "GET", "maxmemory-policy", target_nodes=masters
+                )
+                found = [_policy(r) for r in dict(replies).values()]
+            else:
+
+                async def config_get() -> Any:
+                    return await self._execute(b"CONFIG", b"GET", b"maxmemory-policy")
+
+                found = [_policy(await self._guarded(config_get()))]
+        except (*FAILURES, BackendError) as exc:  # CONFIG is often disabled on managed Redis
+            logger.debug("could not read maxmemory-policy: %r", exc)
+            return
+        unsafe = sorted({p for p in found if p and p != "noeviction"})
+        if unsafe:
+            logger.warning(
+                "Redis at %s has maxmemory-policy %s: under memory pressure it may evict the "
+                "keys of a held lock (a second holder, no LeaseLost). Use 'noeviction' or a "
+                "dedicated instance for agentlocks.",
+                self._where(), "/".join(unsafe),
+            )  # fmt: skip
 
     # -- min_replicas ---------------------------------------------------------------------------
 
@@ -406,6 +441,16 @@ def _count(options: Mapping[str, object], name: str, default: int) -> int:
     if isinstance(value, (bool, float)) or count < 1:
         raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
     return count
+
+
+def _policy(reply: Any) -> str:
+    """The policy name out of a ``CONFIG GET maxmemory-policy`` reply (list or dict)."""
+    if isinstance(reply, (str, bytes)):
+        values: list[Any] = [reply]
+    else:
+        values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1:2]
+    value = values[0] if values else b""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _close(conn: Any) -> None:

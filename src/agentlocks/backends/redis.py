@@ -111,7 +111,7 @@ class RedisBackend:
         self._redacted_url = settings.redacted_url
         self._on_lost = on_lost
         self._id = secrets.token_hex(8)  # this backend's coordinator id
-        self._link = Link(settings, client_name=f"agentlocks:{self._id}")  # checks options
+        self._link = Link(settings, client_name=f"agentlocks:{self._id}", tasks=tasks)
         self._ids = itertools.count(1)
         self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
