@@ -31,7 +31,7 @@ SECRET = "s3cr3t-pw"
         "redis+sentinel://h1:26379/svc/db",
         "redis+sentinel://h1:26379/svc/0/extra",
         f"redis://u:{SECRET}@h1/0?sentinel_password={SECRET}",
-        f"redis+cluster://u:{SECRET}@h1:7000?min_replicas=1",
+        f"redis+cluster://u:{SECRET}@h1:7000?sentinel_username=x",
         f"redis+sentinel://u:{SECRET}@h1:26379/svc?min_replicas=-1",
         f"redis+sentinel://:{SECRET}@h1:26379/svc?sentinel_password={SECRET}&min_replicas=x",
     ],

@@ -180,6 +180,8 @@ class ClusterDeployment:
             if done.returncode != 0:
                 raise DeploymentError(f"redis-cli --cluster create failed: {done.stdout[-500:]!r}")
             self.wait_ok()
+            if self.replicas:
+                self.wait_replicated()
         except BaseException:
             self.stop()
             raise
@@ -196,6 +198,33 @@ class ClusterDeployment:
                     return
             time.sleep(0.05)
         raise DeploymentError("the cluster did not become ok")
+
+    def wait_promoted(self, timeout: float = 30.0) -> None:
+        """After a master was killed: wait until a replica took its place and all is ok."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if len(self.master_ports()) == self.masters:
+                    self.wait_ok(max(0.1, deadline - time.monotonic()))
+                    return
+            time.sleep(0.05)
+        raise DeploymentError("no replica took the dead master's place")
+
+    @property
+    def server_binary(self) -> str:
+        """The redis-server binary the nodes run."""
+        return redis_binaries()[0]
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Wait until every live master has a replica whose link is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                infos = [_info(p) for p in self.master_ports()]
+                if all("connected_slaves:0" not in i and "state=online" in i for i in infos):
+                    return
+            time.sleep(0.05)
+        raise DeploymentError("a master has no replica online")
 
     def master_ports(self) -> list[int]:
         """The ports of the nodes that are masters now."""

@@ -34,6 +34,8 @@ from redis.asyncio.sentinel import Sentinel
 from agentlocks._url import Settings, parse_hosts
 from agentlocks.errors import ConfigError
 
+from ._redis_routes import Routes
+
 __all__ = [
     "DEPLOYMENT_OPTIONS",
     "ClusterCalls",
@@ -82,8 +84,8 @@ def parse_deployment(settings: Settings) -> Deployment:
         if given:
             raise ConfigError(f"{', '.join(given)} need a redis+sentinel:// URL")
     min_replicas = _min_replicas(options.get("min_replicas", 0))
-    if min_replicas and kind == "cluster":
-        raise ConfigError("min_replicas is not supported on redis+cluster:// yet")
+    if min_replicas and kind == "cluster" and settings.client is not None:
+        raise ConfigError("min_replicas needs a redis+cluster:// URL, not a borrowed RedisCluster")
     _check_client(kind, settings.client)
     if kind == "single" or settings.client is not None:
         return Deployment(kind, tls, min_replicas=min_replicas)
@@ -167,10 +169,13 @@ def _opt_str(value: object) -> str | None:
 class ClusterCalls:
     """Script calls on a Redis Cluster: each routed to the master of its keys' slot.
 
-    ``RedisCluster`` follows ``MOVED`` (slot moved for good: the slot map is refreshed),
-    ``ASK`` (slot being migrated: the call is sent once to the importing node) and
-    ``TRYAGAIN``, and re-reads the topology after a connection error (a failover). Every
-    script is idempotent per request, so a call it sends again cannot act twice.
+    With our own ``RedisCluster`` (a ``redis+cluster://`` URL), lock scripts go to their
+    master on connections of ours (``_redis_routes.py``: fast, ``WAIT`` possible); a
+    borrowed client is used through its public API. Either way ``MOVED`` (slot moved for
+    good: the slot map is refreshed), ``ASK`` (slot being migrated: sent once to the
+    importing node), ``TRYAGAIN`` and connection errors (a failover: the topology is read
+    again) are followed. Every script is idempotent per request, so a call sent again
+    cannot act twice.
     """
 
     def __init__(
@@ -186,17 +191,31 @@ class ClusterCalls:
         self.client: RedisCluster = client or _cluster_client(
             deployment, connect_timeout, max_connections, ssl, client_name
         )
+        self._routes = Routes(self.client) if self._own else None
 
     async def execute(self, *args: Any) -> Any:
         """Send one command to the node that owns its keys (``SCRIPT LOAD``: every master)."""
+        if self._routes is not None and args[0] in (b"EVALSHA", b"EVAL") and int(args[2]):
+            (reply,) = await self._routes.send([args])
+            if isinstance(reply, BaseException):
+                raise reply
+            return reply
         name = args[0].decode() if isinstance(args[0], bytes) else args[0]
         if name == "SCRIPT":
             masters = await self.masters()
             return await self.client.execute_command(name, *args[1:], target_nodes=masters)
         return await self.client.execute_command(name, *args[1:])
 
-    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send commands pipelined per node; one reply (or error object) each, in order."""
+    async def execute_many(
+        self, commands: Sequence[Sequence[Any]], wait: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """Send commands pipelined per node; one reply (or error object) each, in order.
+
+        ``wait`` (replicas, ms): ``WAIT`` at the end of each master's pipeline
+        (``ReplicaShortfall`` if one confirms fewer).
+        """
+        if self._routes is not None:
+            return await self._routes.send(commands, wait)
         pipe = self.client.pipeline()
         for command in commands:
             name = command[0].decode() if isinstance(command[0], bytes) else command[0]
@@ -227,6 +246,8 @@ class ClusterCalls:
 
     async def aclose(self) -> None:
         """Close the client if it is ours (a user's stays open)."""
+        if self._routes is not None:
+            self._routes.close()
         if self._own:
             await self.client.aclose()
 

@@ -43,6 +43,7 @@ from agentlocks.errors import BackendError, ConfigError
 
 from ._redis_clients import DEPLOYMENT_OPTIONS, ClusterCalls, parse_deployment, sentinel_pool
 from ._redis_flow import CallTimer, Gate
+from ._redis_routes import ReplicaShortfall
 from ._redis_scripts import Call, Script, cluster_variant, run_batch, run_script
 
 __all__ = ["OPTION_NAMES", "Link"]
@@ -256,6 +257,8 @@ class Link:
         return self.min_replicas > 0 and script.name in DURABLE
 
     async def _execute_durable(self, *args: object) -> Any:
+        if args[0] == b"SCRIPT":  # SCRIPT LOAD writes nothing to replicate
+            return await self._execute(*args)
         (reply,) = await self._execute_many_durable([args])
         if isinstance(reply, BaseException):
             raise reply
@@ -263,17 +266,25 @@ class Link:
 
     async def _execute_many_durable(self, commands: Sequence[Sequence[object]]) -> list[Any]:
         """``commands`` then ``WAIT`` on one connection; BackendError if too few replicas."""
+        if self.cluster is not None:
+            try:  # one WAIT per master, after its share of the commands
+                return await self.cluster.execute_many(commands, (self.min_replicas, self._wait_ms))
+            except ReplicaShortfall as exc:
+                raise self._shortfall(exc.acked) from None
         wait = (b"WAIT", self.min_replicas, self._wait_ms)
         replies = await self._execute_many([*commands, wait])
         acked = replies.pop()
         if isinstance(acked, BaseException):
             raise acked
         if int(acked) < self.min_replicas:
-            raise BackendError(
-                f"only {acked} replica(s) of Redis at {self._where()} confirmed a write "
-                f"within {self._wait_ms} ms; min_replicas={self.min_replicas}"
-            )
+            raise self._shortfall(int(acked))
         return replies
+
+    def _shortfall(self, acked: int) -> BackendError:
+        return BackendError(
+            f"only {acked} replica(s) of Redis at {self._where()} confirmed a write "
+            f"within {self._wait_ms} ms; min_replicas={self.min_replicas}"
+        )
 
     # -- our connections ----------------------------------------------------------------------
 
