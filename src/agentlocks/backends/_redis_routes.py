@@ -72,6 +72,16 @@ class Routes:
             ReplicaShortfall: ``wait`` was given and a master confirmed too few replicas.
             redis ConnectionError / OSError: a node stayed unreachable.
         """
+        if len(commands) == 1 and wait is None and not self._client._initialize:
+            # The hot path (one lock script): straight to its master, no bookkeeping.
+            # Anything but a plain reply goes the long way, which retries it.
+            try:
+                (reply,) = await self._pipeline(self._master(commands[0]), commands, (False,), None)
+            except (RedisConnectionError, OSError):
+                pass
+            else:
+                if not isinstance(reply, (AskError, TryAgainError, ClusterDownError)):
+                    return [reply]
         results: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         asking: dict[int, tuple[str, int]] = {}
@@ -157,7 +167,9 @@ class Routes:
         asking: Sequence[bool],
         wait: tuple[int, int] | None,
     ) -> list[Any]:
-        idle = self._idle.setdefault(node.name, [])
+        idle = self._idle.get(node.name)
+        if idle is None:
+            idle = self._idle[node.name] = []
         conn = idle.pop() if idle else node.connection_class(**node.connection_kwargs)
         packed: list[Sequence[Any]] = []
         for command, ask in zip(commands, asking, strict=True):
