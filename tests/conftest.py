@@ -76,7 +76,9 @@ def redis_cluster_url(redis_cluster: ClusterDeployment) -> str:
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelDeployment]:
     """A primary + replica + 3 sentinels on loopback, shared by the session (not broken)."""
     try:
-        deployment = SentinelDeployment(tmp_path_factory.mktemp("sentinel")).start()
+        # Never failed over: no need to wait for the sentinels to find each other.
+        sentinels = SentinelDeployment(tmp_path_factory.mktemp("sentinel"), failover_ready=False)
+        deployment = sentinels.start()
     except DeploymentError as exc:
         unavailable(f"redis+sentinel: {exc}")
         raise
