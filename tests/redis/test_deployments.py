@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -74,12 +75,14 @@ async def test_a_cluster_client_needs_a_cluster_url(redis_cluster: ClusterDeploy
 async def test_unknown_sentinel_service_is_a_backend_error_without_a_password(
     redis_sentinel: SentinelDeployment,
 ) -> None:
-    """A service the sentinels do not know: BackendError naming it, no password in it."""
+    """Unknown service (and a refused sentinel password): BackendError at once, no password."""
     hosts = redis_sentinel.url.split("//")[1].split("/")[0]
-    url = f"redis+sentinel://u:{SECRET}@{hosts}/nosuchservice"
+    url = f"redis+sentinel://u:{SECRET}@{hosts}/nosuchservice?sentinel_password={SECRET}"
     async with agentlocks.connect(url, connect_timeout=2) as coord:
+        began = time.monotonic()
         with pytest.raises(BackendError, match="nosuchservice") as caught:
             await coord.acquire("k", timeout=5)
+        assert time.monotonic() - began < 2  # each sentinel asked once, no backoff
     text = f"{caught.value} {caught.value!r} {caught.value.__cause__!r}"
     assert SECRET not in text
 

@@ -29,7 +29,9 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from agentlocks._url import Settings, parse_hosts
 from agentlocks.errors import ConfigError
@@ -297,6 +299,9 @@ def sentinel_pool(
             "socket_timeout": socket_timeout,
             "ssl": deployment.tls,
             "protocol": 2,
+            # One try per sentinel, no backoff: a sentinel that refuses (down, wrong
+            # password) is skipped at once for the next one, within connect_timeout.
+            "retry": Retry(NoBackoff(), 0),
         },
     )
     assert deployment.service is not None  # parse_deployment requires it

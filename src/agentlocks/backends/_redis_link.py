@@ -421,6 +421,8 @@ class Link:
         text = str(exc) or type(exc).__name__
         for secret in self._secrets:
             text = text.replace(secret, "***")
+        if len(text) > 400:  # redis-py may list every client it tried; the cause has it all
+            text = text[:400] + " ..."
         return BackendError(f"Redis at {self._where()} failed: {type(exc).__name__}: {text}")
 
     def _where(self) -> str:
