@@ -15,8 +15,10 @@ the failover tests, which start their own and break them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -99,8 +101,9 @@ class Node:
         """Start it; return at once (see :meth:`wait_ready`)."""
         log = open(self.workdir / f"{self.port}.log", "ab")  # noqa: SIM115 (owned by the child)
         self.process = subprocess.Popen(
-            [binary, *self.args], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
-        )
+            [binary, *self.args], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
         log.close()
 
     def wait_ready(self, timeout: float = 15.0) -> None:
@@ -133,6 +136,15 @@ class Node:
                 self.process.kill()
             self.process.wait(10)
             self.process = None
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child only calls it
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the test process dies (no orphans, even on SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux; elsewhere a no-op)
 
 
 def _server_args(port: int, *extra: str) -> list[str]:
