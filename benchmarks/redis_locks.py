@@ -6,11 +6,20 @@ compare-and-delete), agentlocks ``redis://``, redis-py's ``Lock`` (defaults, and
 ``sleep=0.001``), python-redis-lock and pottery, interleaved round by round. Then it checks
 the targets of issue 3 ("Performance").
 
+Deployments (issue 13): ``--also URL`` adds agentlocks on another Redis deployment as one
+more row of every table (a ``redis+cluster://`` or ``redis+sentinel://`` URL given as
+``--url`` counts as ``--also``, and the single-server baseline is then a throwaway server);
+``--deployments`` starts a 3-master cluster and a primary + replica + 3 sentinels on
+loopback (``tests/support/deployments.py``) and adds ``redis+cluster``, ``redis+sentinel``
+and ``redis+sentinel`` with ``min_replicas=1``. Their targets: cluster hand-off p50 within
+1.3x of single-node, many-keys throughput >= single-node, and the cost of min_replicas=1.
+
 Usage::
 
     .venv/bin/python benchmarks/redis_locks.py                      # own throwaway server
     .venv/bin/python benchmarks/redis_locks.py --url redis://127.0.0.1:6379/0
     .venv/bin/python benchmarks/redis_locks.py --quick --only-ours  # smoke run, no peers
+    .venv/bin/python benchmarks/redis_locks.py --only-ours --deployments
 
 Without ``--url`` (or ``PB_REDIS_HOST``/``PB_REDIS_PORT``), it starts a throwaway
 ``redis-server`` on a free port and stops it at the end. The peers are optional: one whose
@@ -34,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +73,9 @@ UNCONTENDED_MAX_RATIO = 1.2  # x the raw SET NX + delete floor
 HANDOFF_MAX_RTTS = 4.0  # queued hand-off p50, in PING round trips
 HANDOFF_MIN_SPEEDUP_VS_REDIS_PY = 20.0  # redis-py Lock with its defaults
 MANYKEYS_MIN_RATIO = 0.9  # throughput, x the raw floor
+# Issue 13: deployments beside single-node.
+CLUSTER_HANDOFF_MAX_RATIO = 1.3  # queued hand-off p50, x single-node
+CLUSTER_MANYKEYS_MIN_RATIO = 1.0  # throughput, x single-node
 #: The contended scenarios of the slow peers take ~30 s per round: fewer rounds by default.
 DEFAULT_ROUNDS = 3
 #: PINGs measured right before each fairness run: the RTT its hand-off is compared with.
@@ -110,9 +123,45 @@ def redis_server(url: str | None) -> Iterator[str]:
             proc.wait(10)
 
 
-def adapters_for(pb: Any, url: str, only_ours: bool) -> tuple[list[Any], list[str]]:
-    """The adapters to run (PING, floor, ours, then the peers that are installed)."""
+def row_name(url: str) -> str:
+    """The table row of agentlocks on deployment ``url``: its scheme, plus min_replicas."""
+    scheme = url.partition("://")[0]
+    query = dict(p.partition("=")[::2] for p in urlsplit(url).query.split("&") if p)
+    extra = f" min_replicas={query['min_replicas']}" if "min_replicas" in query else ""
+    return f"agentlocks-{scheme}{extra}"
+
+
+@contextlib.contextmanager
+def deployments(wanted: bool) -> Iterator[list[str]]:
+    """Start a cluster and a sentinel group if ``wanted``; yield the URLs to add."""
+    if not wanted:
+        yield []
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.support.deployments import ClusterDeployment, SentinelDeployment
+
+    with tempfile.TemporaryDirectory() as workdir:
+        cluster = ClusterDeployment(Path(workdir)).start()
+        try:
+            group = SentinelDeployment(Path(workdir)).start()
+            try:
+                log("started a 3-master cluster and a primary + replica + 3 sentinels")
+                yield [cluster.url, group.url, group.url + "?min_replicas=1"]
+            finally:
+                group.stop()
+        finally:
+            cluster.stop()
+
+
+def adapters_for(
+    pb: Any,
+    url: str,
+    only_ours: bool,
+    also: list[str] = [],  # noqa: B006 (never mutated)
+) -> tuple[list[Any], list[str]]:
+    """The adapters to run (PING, floor, ours, deployments, then the installed peers)."""
     chosen = [pb.RedisPingAdapter(), pb.RedisRawAdapter(), AgentlocksAdapter(url, name=OURS)]
+    chosen += [AgentlocksAdapter(u, name=row_name(u), kind="redis") for u in also]
     missing: list[str] = []
     if only_ours:
         return chosen, missing
@@ -238,6 +287,7 @@ def report(m: dict[str, Any], args: Any) -> dict[str, Any]:
                      spread(x_floor), fmt(median(r["p50_us"] for r in mk[n])) + " / "
                      + fmt(median(r["p99_us"] for r in mk[n]))])  # fmt: skip
         fig[f"mk:{n}"] = (median(x_floor), x_floor)
+        fig[f"mkops:{n}"] = median(r["ops_s"] for r in mk[n])
     print(markdown_table(
         ["adapter", "ops/s", "throughput x floor", "per-round x", "p50 / p99 µs"], rows
     ))  # fmt: skip
@@ -318,7 +368,49 @@ def targets(fig: dict[str, Any]) -> list[Target]:
             f"{mk_x:.2f}x (per round {spread(mk_rounds)})",
         ),
     ]
+    return out + deployment_targets(fig)
+
+
+def deployment_targets(fig: dict[str, Any]) -> list[Target]:
+    """Issue 13: each cluster row against single-node (queued hand-off, many keys)."""
+    single_qh, single_mk = fig[f"fair:{OURS}"][2], fig[f"mkops:{OURS}"]
+    out = []
+    for name in _deployment_rows(fig):
+        if "cluster" not in name:
+            continue
+        qh, mk = fig[f"fair:{name}"][2], fig[f"mkops:{name}"]
+        out.append(Target(
+            f"{name}: queued hand-off p50 <= {CLUSTER_HANDOFF_MAX_RATIO:g}x single-node",
+            qh <= CLUSTER_HANDOFF_MAX_RATIO * single_qh,
+            f"{qh / single_qh:.2f}x ({qh:.0f} vs {single_qh:.0f} µs)",
+        ))  # fmt: skip
+        out.append(Target(
+            f"{name}: many-keys throughput >= {CLUSTER_MANYKEYS_MIN_RATIO:g}x single-node",
+            mk >= CLUSTER_MANYKEYS_MIN_RATIO * single_mk,
+            f"{mk / single_mk:.2f}x ({mk:,.0f} vs {single_mk:,.0f} ops/s)",
+        ))  # fmt: skip
     return out
+
+
+def deployment_notes(fig: dict[str, Any]) -> list[str]:
+    """The other deployment rows beside single-node (sentinel, min_replicas): no target."""
+    single_qh, single_mk = fig[f"fair:{OURS}"][2], fig[f"mkops:{OURS}"]
+    notes = []
+    for name in _deployment_rows(fig):
+        if "cluster" in name:
+            continue
+        qh, mk = fig[f"fair:{name}"][2], fig[f"mkops:{name}"]
+        notes.append(
+            f"- {name} beside single-node: queued hand-off p50 {qh:.0f} vs {single_qh:.0f} µs "
+            f"({qh / single_qh:.2f}x), many keys {mk:,.0f} vs {single_mk:,.0f} ops/s "
+            f"({mk / single_mk:.2f}x)"
+        )
+    return notes
+
+
+def _deployment_rows(fig: dict[str, Any]) -> list[str]:
+    rows = [k.partition(":")[2] for k in fig if k.startswith("fair:agentlocks-redis")]
+    return sorted(r for r in rows if r != OURS)
 
 
 def main() -> int:
@@ -330,11 +422,21 @@ def main() -> int:
     parser.add_argument(
         "--only-ours", action="store_true", help="PING, the raw floor and agentlocks only"
     )
+    parser.add_argument(
+        "--also", action="append", default=[], metavar="URL",
+        help="agentlocks on another deployment (redis+cluster://, redis+sentinel://), one row",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deployments", action="store_true",
+        help="start a cluster and a sentinel group on loopback and add their rows",
+    )  # fmt: skip
     ns = parser.parse_args()
+    if ns.url and "+" in ns.url.partition("://")[0]:
+        ns.also, ns.url = [ns.url, *ns.also], None  # the baseline is a throwaway server
     if ns.rounds is None and not ns.quick:
         ns.rounds = DEFAULT_ROUNDS
     args = peer_args(ns)
-    with redis_server(ns.url) as url:
+    with redis_server(ns.url) as url, deployments(ns.deployments) as started_urls:
         parts = urlsplit(url)
         # peer_bench reads its server from the environment when it is imported.
         os.environ["PB_REDIS_HOST"] = parts.hostname or "127.0.0.1"
@@ -344,7 +446,7 @@ def main() -> int:
         except PeerBenchMissing as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        adapters, missing = adapters_for(pb, url, ns.only_ours)
+        adapters, missing = adapters_for(pb, url, ns.only_ours, [*ns.also, *started_urls])
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         load0 = os.getloadavg()
         t0 = perf()
@@ -378,7 +480,11 @@ def main() -> int:
     if missing:
         print(f"- left out (package not installed): {', '.join(missing)}")
     figures = report(m, args)
-    print_targets("Targets (issue 3, Performance)", targets(figures))
+    print_targets("Targets (issue 3, Performance; issue 13, deployments)", targets(figures))
+    notes = deployment_notes(figures)
+    if notes:
+        print("\nDeployments without a target (the cost of what they add):\n")
+        print("\n".join(notes))
     return 0
 
 

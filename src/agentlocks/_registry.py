@@ -32,6 +32,11 @@ _BUILTIN: Final = {
     "memory": _Entry("agentlocks.backends.memory:MemoryBackend"),
     "redis": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
     "rediss": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
+    # Redis deployments beyond one server: same backend, other clients (_redis_clients.py).
+    "redis+cluster": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
+    "rediss+cluster": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
+    "redis+sentinel": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
+    "rediss+sentinel": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
     "postgres": _Entry("agentlocks.backends.postgres:PostgresBackend", "asyncpg", "postgres"),
     "postgresql": _Entry("agentlocks.backends.postgres:PostgresBackend", "asyncpg", "postgres"),
 }

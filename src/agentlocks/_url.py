@@ -26,6 +26,9 @@ MAX_NAMESPACE_BYTES: Final = 128
 COMMON_OPTIONS: Final = frozenset({"namespace", "lease_ttl"})
 
 _SCHEME_RE: Final = re.compile(r"^[a-z][a-z0-9+.-]*$")
+#: Query options that carry secrets: masked like the URL's password.
+SECRET_OPTIONS: Final = frozenset({"sentinel_password"})
+_SECRET_QUERY_RE: Final = re.compile(r"(?i)((?:^|[?&])sentinel_password=)[^&#]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +60,55 @@ class Settings:
         client = "" if self.client is None else f", client={type(self.client).__name__}"
         return (
             f"Settings(url={self.redacted_url!r}, namespace={self.namespace!r}, "
-            f"lease_ttl={self.lease_ttl!r}, options={dict(self.options)!r}{client})"
+            f"lease_ttl={self.lease_ttl!r}, options={redact_options(self.options)!r}{client})"
         )
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``."""
+    """Return ``url`` with its passwords (userinfo, ``sentinel_password=``) as ``***``."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    query = _SECRET_QUERY_RE.sub(r"\1***", parts.query)
+    if password is None and query == parts.query:
         return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    parts = parts._replace(query=query)
+    if password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return urlunsplit(parts)
+
+
+def redact_options(options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` with the value of every secret option replaced by ``***``."""
+    return {k: "***" if k in SECRET_OPTIONS else v for k, v in options.items()}
+
+
+def parse_hosts(url: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """The ``host:port`` list of a multi-host URL (``scheme://[user@]h1:1,h2:2/...``).
+
+    Raises:
+        ConfigError: No host, an empty entry, or a port that is not 1-65535.
+    """
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    hosts: list[tuple[str, int]] = []
+    for entry in netloc.split(","):
+        host, port = entry, str(default_port)
+        if entry.startswith("["):  # [IPv6]:port
+            host, _, rest = entry[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else port
+        elif entry.count(":") == 1:
+            host, _, port = entry.partition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"malformed host {entry!r} in {redact_url(url)!r}: expected 'host:port', "
+                "several separated by ',' (e.g. 'h1:7000,h2:7001')"
+            )
+        hosts.append((host, int(port)))
+    return tuple(hosts)
 
 
 def check_scheme(scheme: object) -> str:
@@ -95,7 +132,8 @@ def split_url(url: object) -> tuple[str, dict[str, str]]:
         )
     try:
         parts = urlsplit(url)
-        _ = parts.port  # urlsplit checks the port lazily; force the check before any I/O.
+        if "," not in parts.netloc:  # several hosts: parse_hosts checks each port
+            _ = parts.port  # urlsplit checks the port lazily; force the check before any I/O.
     except ValueError as exc:
         raise ConfigError(f"malformed URL {redact_url(url)!r}: {exc}") from None
     scheme = check_scheme(parts.scheme)

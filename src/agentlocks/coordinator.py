@@ -43,7 +43,11 @@ __all__ = ["Coordinator", "connect"]
 
 _new_lease = object.__new__
 
-_CLIENT_SCHEMES: Final = {"redis": ("redis", "rediss"), "postgres": ("postgres", "postgresql")}
+_CLIENT_SCHEMES: Final = {
+    "redis": ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel",
+              "rediss+sentinel"),
+    "postgres": ("postgres", "postgresql"),
+}  # fmt: skip
 
 
 def connect(
@@ -58,12 +62,14 @@ def connect(
     """Create a coordinator for the backend named by ``url``. Does no I/O.
 
     Args:
-        url: ``memory://``, ``redis://...``, ``rediss://...``, ``postgres(ql)://...`` or a
+        url: ``memory://``, ``redis://...``, ``rediss://...``, ``redis+cluster://h1:7000,...``,
+            ``redis+sentinel://h1:26379,.../service``, ``postgres(ql)://...`` or a
             registered scheme. Defaults to ``$AGENTLOCKS_URL``, else ``memory://``.
             Query parameters set the same options as keywords (``?namespace=x``).
         namespace: Isolates independent apps sharing one server (default ``"agentlocks"``).
         lease_ttl: Default lease time-to-live in seconds (default 30).
-        redis: A ``redis.asyncio.Redis`` client you already own (implies ``redis://``).
+        redis: A ``redis.asyncio.Redis`` client you already own (implies ``redis://``), or
+            a ``RedisCluster`` (implies ``redis+cluster://``).
         postgres: An ``asyncpg`` pool you already own (implies ``postgresql://``).
         **options: Backend-specific options.
 
@@ -80,7 +86,9 @@ def connect(
     client_kind = "redis" if redis is not None else "postgres" if postgres is not None else None
     if url is None:
         if client_kind is not None:
-            url = f"{_CLIENT_SCHEMES[client_kind][0]}://"
+            # A RedisCluster client implies a cluster URL (checked by name: no driver import).
+            cluster = type(redis).__name__ == "RedisCluster"
+            url = "redis+cluster://" if cluster else f"{_CLIENT_SCHEMES[client_kind][0]}://"
         else:
             url = os.environ.get("AGENTLOCKS_URL") or DEFAULT_URL
     scheme, query = split_url(url)

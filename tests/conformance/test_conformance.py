@@ -8,7 +8,8 @@ import pytest
 
 from agentlocks import Coordinator, Lease
 from agentlocks.testing import ConformanceSuite
-from tests.conftest import BACKENDS, backend_url_for
+from tests.conftest import BACKENDS, DEPLOYMENTS, backend_url_for
+from tests.support.deployments import admin_client
 
 
 async def _break_postgresql(coord: Coordinator, lease: Lease) -> None:
@@ -27,10 +28,8 @@ async def _break_postgresql(coord: Coordinator, lease: Lease) -> None:
 
 async def _break_redis(coord: Coordinator, lease: Lease) -> None:
     """Delete the grant's holder record on the server, as an expired lease would be."""
-    import redis.asyncio as aioredis
-
     handle = lease._grant.handle
-    client = aioredis.Redis.from_url(coord._settings.url.partition("?")[0])
+    client = admin_client(coord._settings.url)
     try:
         assert await client.zrem(handle.keys[0], handle.member) == 1  # type: ignore[attr-defined]
     finally:
@@ -43,16 +42,18 @@ BREAKERS: dict[str, Callable[[Coordinator, Lease], Awaitable[None]]] = {
     "postgres": _break_postgresql,
     "redis": _break_redis,
     "rediss": _break_redis,
+    "redis+cluster": _break_redis,
+    "redis+sentinel": _break_redis,
 }
 
 
 class TestConformance(ConformanceSuite):
     """Every guarantee of API.md, on each backend of tests/conftest.py's BACKENDS table."""
 
-    @pytest.fixture(params=sorted(BACKENDS))
+    @pytest.fixture(params=sorted(BACKENDS) + sorted(DEPLOYMENTS))
     def backend_url(self, request: pytest.FixtureRequest) -> str:
-        """The URL of one backend from the table (skipped if its server is not up)."""
-        return backend_url_for(request.param)
+        """The URL of one backend or deployment (skipped if its server is not up)."""
+        return backend_url_for(request.param, request)
 
     async def break_lease(self, coord: Coordinator, lease: Lease) -> None:
         """Break the lease with the breaker of the coordinator's URL scheme, if there is one."""

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -34,17 +35,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, ConfigError
 
+from ._redis_clients import DEPLOYMENT_OPTIONS, ClusterCalls, parse_deployment, sentinel_pool
 from ._redis_flow import CallTimer, Gate
-from ._redis_scripts import Call, Script, run_batch, run_script
+from ._redis_routes import ReplicaShortfall
+from ._redis_scripts import Call, Script, cluster_variant, run_batch, run_script
 
 __all__ = ["OPTION_NAMES", "Link"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("agentlocks")
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_SOCKET_TIMEOUT: Final = 5.0
@@ -52,32 +58,44 @@ DEFAULT_MAX_CONNECTIONS: Final = 32
 _SSL_OPTIONS: Final = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile"})
 #: The backend options accepted in the URL query or as ``connect()`` keywords.
 OPTION_NAMES: Final = frozenset({"connect_timeout", "socket_timeout", "max_connections"}) | (
-    _SSL_OPTIONS
+    _SSL_OPTIONS | DEPLOYMENT_OPTIONS
 )
-FAILURES: Final = (RedisError, OSError)  # OSError includes TimeoutError and refused sockets
+#: Scripts whose writes must reach ``min_replicas`` replicas before their reply counts:
+#: a grant (acquire), a lease extension (renew) and a published generation.
+DURABLE: Final = frozenset({"acquire", "renew", "generation"})
+# OSError includes TimeoutError and refused sockets.
+FAILURES: Final = (RedisError, RedisClusterException, OSError)
 
 
 class Link:
     """The connections, deadlines and error mapping of one backend."""
 
-    def __init__(self, settings: Settings, client_name: str) -> None:
+    def __init__(
+        self, settings: Settings, client_name: str, tasks: TaskSupervisor | None = None
+    ) -> None:
         options = settings.options
         self.connect_timeout = _seconds(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         self.socket_timeout = _seconds(options, "socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         self.max_connections = _count(options, "max_connections", DEFAULT_MAX_CONNECTIONS)
         self._ssl = {k: v for k, v in options.items() if k in _SSL_OPTIONS}
-        if self._ssl and settings.scheme != "rediss":
+        # Single server, cluster or sentinel; URL, options and client checked here.
+        self.deployment = parse_deployment(settings)
+        if self._ssl and not self.deployment.tls:
             raise ConfigError(f"{', '.join(sorted(self._ssl))} need a rediss:// URL")
         self._user_client: Any = settings.client
-        if self._user_client is not None and not isinstance(self._user_client, aioredis.Redis):
-            raise ConfigError(
-                f"redis= takes a redis.asyncio.Redis client, got {type(self._user_client).__name__}"
-            )
+        # WAIT after every durable write (same connection: WAIT covers that client's
+        # writes, and everything the primary wrote before them, as replication keeps order).
+        self.min_replicas = self.deployment.min_replicas
+        self._wait_ms = max(1, int(self.socket_timeout * 800))  # within the call's bound
+        self._ask_sentinels = self.deployment.kind == "sentinel" and settings.client is None
+        self.cluster: ClusterCalls | None = None  # the cluster's router (redis+cluster://)
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         parts = urlsplit(settings.url)
-        self._password = parts.password or ""
+        self._secrets = [p for p in (parts.password, self.deployment.sentinel_password) if p]
         self._base_url = urlunsplit(parts._replace(query="", fragment=""))
         self._redacted_url = settings.redacted_url
         self.client_name = client_name
+        self._tasks = tasks  # runs the one-off eviction policy check
         self.pool: Any = None  # made on first use: nothing here does I/O
         self.closed = False
         self._idle: list[Any] = []  # our connections not in use (connected, or to reconnect)
@@ -94,10 +112,32 @@ class Link:
     def _connect(self) -> None:
         if self.closed:
             raise ConfigError("this coordinator is closed")
-        if self._user_client is not None:
+        if self._tasks is not None and not self._tasks.closed:
+            self._tasks.spawn(self._check_eviction(), name="redis eviction policy check")
+        if self.deployment.kind == "cluster":
+            # redis-py's RedisCluster routes each call to its slot's master and follows
+            # MOVED / ASK and failovers (_redis_clients.py); ours is closed by aclose().
+            self.cluster = ClusterCalls(
+                self.deployment, self._user_client, self.connect_timeout,
+                self.max_connections, self._ssl, self.client_name,
+            )  # fmt: skip
+            self.pool = self.cluster
+            self._execute = self.cluster.execute
+            self._execute_many = self.cluster.execute_many
+            self._closers.append(self.cluster.aclose)
+        elif self._user_client is not None:
             self.pool = self._user_client.connection_pool
             self._execute = self._user_client.execute_command
             self._execute_many = self._execute_many_theirs
+        elif self.deployment.kind == "sentinel":
+            # Our own connections, each asking the sentinels where the primary is when it
+            # connects; a demoted primary's READONLY drops the connection (a retry goes to
+            # the new primary). Never a replica.
+            self.pool, closer = sentinel_pool(
+                self.deployment, self.connect_timeout, self.socket_timeout, self.client_name,
+                self._ssl,
+            )  # fmt: skip
+            self._closers.append(closer)
         else:
             # Our connections have no socket_timeout: every call is bounded by our own
             # timer, which is cheaper than redis-py's (a task per command).
@@ -114,7 +154,10 @@ class Link:
         """Run one script call (await it): one round trip, bounded by ``socket_timeout``."""
         if self.pool is None:
             self._connect()
-        return self._guarded(run_script(self._execute, script, keys, *args))
+        if self.cluster is not None:
+            script = cluster_variant(script)
+        execute = self._execute_durable if self._durable(script) else self._execute
+        return self._guarded(run_script(execute, script, keys, *args))
 
     def run_within(
         self, seconds: float, script: Script, keys: Sequence[bytes], *args: object
@@ -126,7 +169,10 @@ class Link:
         """
         if self.pool is None:
             self._connect()
-        return self._guarded(run_script(self._execute, script, keys, *args), seconds)
+        if self.cluster is not None:
+            script = cluster_variant(script)
+        execute = self._execute_durable if self._durable(script) else self._execute
+        return self._guarded(run_script(execute, script, keys, *args), seconds)
 
     async def batch(
         self, script: Script, calls: Sequence[Call], *, urgent: bool = False
@@ -139,7 +185,12 @@ class Link:
             return []
         if self.pool is None:
             self._connect()
-        work = run_batch(self._execute, self._execute_many, script, calls)
+        if self.cluster is not None:
+            script = cluster_variant(script)
+        if self._durable(script):
+            work = run_batch(self._execute_durable, self._execute_many_durable, script, calls)
+        else:
+            work = run_batch(self._execute, self._execute_many, script, calls)
         return await self._guarded(work, urgent=urgent)
 
     async def command(self, *args: object) -> Any:
@@ -191,6 +242,70 @@ class Link:
             self._timer.stop(task)
             slots.leave()
 
+    # -- eviction policy --------------------------------------------------------------------------
+
+    async def _check_eviction(self) -> None:
+        """Warn once if the server may evict a held lock's keys (every one has a TTL)."""
+        try:
+            if self.cluster is not None:
+                masters = await self.cluster.masters()
+                replies = await self.cluster.client.execute_command(
+                    "CONFIG", "GET", "maxmemory-policy", target_nodes=masters
+                )
+                found = [_policy(r) for r in dict(replies).values()]
+            else:
+
+                async def config_get() -> Any:
+                    return await self._execute(b"CONFIG", b"GET", b"maxmemory-policy")
+
+                found = [_policy(await self._guarded(config_get()))]
+        except (*FAILURES, BackendError) as exc:  # CONFIG is often disabled on managed Redis
+            logger.debug("could not read maxmemory-policy: %r", exc)
+            return
+        unsafe = sorted({p for p in found if p and p != "noeviction"})
+        if unsafe:
+            logger.warning(
+                "Redis at %s has maxmemory-policy %s: under memory pressure it may evict the "
+                "keys of a held lock (a second holder, no LeaseLost). Use 'noeviction' or a "
+                "dedicated instance for agentlocks.",
+                self._where(), "/".join(unsafe),
+            )  # fmt: skip
+
+    # -- min_replicas ---------------------------------------------------------------------------
+
+    def _durable(self, script: Script) -> bool:
+        return self.min_replicas > 0 and script.name in DURABLE
+
+    async def _execute_durable(self, *args: object) -> Any:
+        if args[0] == b"SCRIPT":  # SCRIPT LOAD writes nothing to replicate
+            return await self._execute(*args)
+        (reply,) = await self._execute_many_durable([args])
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def _execute_many_durable(self, commands: Sequence[Sequence[object]]) -> list[Any]:
+        """``commands`` then ``WAIT`` on one connection; BackendError if too few replicas."""
+        if self.cluster is not None:
+            try:  # one WAIT per master, after its share of the commands
+                return await self.cluster.execute_many(commands, (self.min_replicas, self._wait_ms))
+            except ReplicaShortfall as exc:
+                raise self._shortfall(exc.acked) from None
+        wait = (b"WAIT", self.min_replicas, self._wait_ms)
+        replies = await self._execute_many([*commands, wait])
+        acked = replies.pop()
+        if isinstance(acked, BaseException):
+            raise acked
+        if int(acked) < self.min_replicas:
+            raise self._shortfall(int(acked))
+        return replies
+
+    def _shortfall(self, acked: int) -> BackendError:
+        return BackendError(
+            f"only {acked} replica(s) of Redis at {self._where()} confirmed a write "
+            f"within {self._wait_ms} ms; min_replicas={self.min_replicas}"
+        )
+
     # -- our connections ----------------------------------------------------------------------
 
     async def _execute_ours(self, *args: object) -> Any:
@@ -225,6 +340,10 @@ class Link:
         conn = self._idle.pop() if reused else self.pool.make_connection()
         while True:
             try:
+                if self._ask_sentinels and not conn.is_connected:
+                    # send_packed_command would connect to its last address (none yet);
+                    # connect() asks the sentinels where the primary is now.
+                    await conn.connect()
                 result = await io(conn)
             except ResponseError:
                 self._give_back(conn)  # an error reply: the connection itself is fine
@@ -262,7 +381,21 @@ class Link:
         """A new connection subscribed to ``channel``; ``BackendError`` if impossible."""
         if self.pool is None:
             self._connect()
-        kwargs = dict(self.pool.connection_kwargs)
+        conn = await self.open_subscriber(self.pool.connection_class, self.pool.connection_kwargs)
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                await conn.send_command("SUBSCRIBE", channel)
+                await conn.read_response()  # the subscription is confirmed
+        except BaseException as exc:
+            await conn.disconnect()
+            if isinstance(exc, FAILURES):
+                raise self.error(exc) from exc
+            raise
+        return conn
+
+    async def open_subscriber(self, connection_class: Any, settings: Mapping[str, Any]) -> Any:
+        """A new connected pub/sub connection made like ``settings`` say (no read timeout)."""
+        kwargs = dict(settings)
         kwargs.update(
             socket_timeout=None,  # it waits for messages: reads must not time out
             protocol=2,  # plain pub/sub frames, whatever the user's client speaks
@@ -274,14 +407,12 @@ class Link:
             if name in kwargs:
                 kwargs[name] = None
         try:
-            conn = self.pool.connection_class(**kwargs)
+            conn = connection_class(**kwargs)
         except FAILURES as exc:
             raise self.error(exc) from exc
         try:
-            async with asyncio.timeout(self.connect_timeout + self.socket_timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 await conn.connect()
-                await conn.send_command("SUBSCRIBE", channel)
-                await conn.read_response()  # the subscription is confirmed
         except BaseException as exc:
             await conn.disconnect()
             if isinstance(exc, FAILURES):
@@ -298,17 +429,27 @@ class Link:
         """
         self.closed = True
         self._drop_idle()
+        closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                await close()
+            except FAILURES as exc:  # closing anyway: nothing to report to
+                logger.debug("closing a Redis client failed: %r", exc)
 
     def error(self, exc: BaseException) -> BackendError:
         """The ``BackendError`` for driver error ``exc`` (raise it ``from exc``)."""
         text = str(exc) or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        if len(text) > 400:  # redis-py may list every client it tried; the cause has it all
+            text = text[:400] + " ..."
         return BackendError(f"Redis at {self._where()} failed: {type(exc).__name__}: {text}")
 
     def _where(self) -> str:
         if self._user_client is None:
             return self._redacted_url
+        if self.cluster is not None:
+            return f"{self.cluster.where()} (redis=)"
         kwargs = self._user_client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')} (redis=)"
 
@@ -333,6 +474,16 @@ def _count(options: Mapping[str, object], name: str, default: int) -> int:
     if isinstance(value, (bool, float)) or count < 1:
         raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
     return count
+
+
+def _policy(reply: Any) -> str:
+    """The policy name out of a ``CONFIG GET maxmemory-policy`` reply (list or dict)."""
+    if isinstance(reply, (str, bytes)):
+        values: list[Any] = [reply]
+    else:
+        values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1:2]
+    value = values[0] if values else b""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _close(conn: Any) -> None:

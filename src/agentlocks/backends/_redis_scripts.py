@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from typing import Any, Final
 
@@ -35,11 +35,13 @@ __all__ = [
     "ExecuteMany",
     "LockKeys",
     "Script",
+    "cluster_variant",
     "generation_key",
     "head_keys",
     "lock_keys",
     "run_batch",
     "run_script",
+    "shard_channel",
 ]
 
 #: Pub/sub channel prefix of the coordinators' inboxes (``_lib.lua`` publishes to it).
@@ -79,6 +81,36 @@ VERIFY: Final = _load("verify")
 INSPECT: Final = _load("inspect")
 GENERATION: Final = _load("generation")
 HEADS: Final = _load("heads")
+
+
+_SHARDED_PUBLISH: Final = (
+    "  return redis.call('SPUBLISH', INBOX .. string.match(H, '{[^}]*}') .. ':' .. "
+    "string.match(id, '^[^:]+'), id .. ' ' .. fmt(token))"
+)
+
+
+@cache
+def cluster_variant(script: Script) -> Script:
+    """``script`` as it runs on a Redis Cluster: grants go out by ``SPUBLISH``.
+
+    The channel is the lock's own shard channel (:func:`shard_channel`), in the slot of
+    the script's keys, so a grant reaches only that slot's shard, and ``SPUBLISH`` counts
+    the receivers there (what the dead-waiter check of ``_lib.lua`` needs).
+    """
+    lines = script.text.split("\n")
+    marked = [i for i, line in enumerate(lines) if line.endswith("-- @publish")]
+    if not marked:
+        return script  # touches no queue: the same everywhere
+    (index,) = marked
+    lines[index] = _SHARDED_PUBLISH
+    text = "\n".join(lines)
+    return Script(script.name, text, hashlib.sha1(text.encode("utf-8")).hexdigest().encode())
+
+
+def shard_channel(keys: Sequence[bytes], coordinator_id: str) -> bytes:
+    """The shard channel on which ``coordinator_id`` hears grants of the lock ``keys``."""
+    tag = keys[0][keys[0].index(b"{") : keys[0].index(b"}") + 1]
+    return INBOX_PREFIX.encode() + tag + b":" + coordinator_id.encode()
 
 
 def _tag(namespace: str, name: str) -> str:

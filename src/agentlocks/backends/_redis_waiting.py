@@ -149,6 +149,10 @@ Refresh = Callable[[Sequence[Waiter]], Awaitable[list[Any]]]
 """Run ``refresh.lua`` for each waiter in one round trip; one reply (or exception) each."""
 
 
+MakeInbox = Callable[[Callable[[str, int], None], Callable[[], None], dict[str, Waiter]], Any]
+"""Build another inbox (a cluster's, ``_redis_shards.py``) from deliver, recheck, waiters."""
+
+
 class Inbox:
     """The pub/sub connection on which this process's grants arrive."""
 
@@ -175,7 +179,11 @@ class Inbox:
         """True while subscribed: a request queued now cannot miss its grant message."""
         return self._ready
 
-    async def start(self) -> None:
+    def ready_for(self, keys: LockKeys) -> bool:
+        """:attr:`ready` (one inbox serves every lock; a cluster's has one per lock)."""
+        return self._ready
+
+    async def start(self, keys: LockKeys | None = None) -> None:
         """Subscribe now if not subscribed; ``BackendError`` if the server cannot be reached."""
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -249,11 +257,21 @@ class Inbox:
 class WaitRoom:
     """The local waiters of one backend, their inbox and their keep-alive task."""
 
-    def __init__(self, open_inbox: OpenInbox, refresh: Refresh, tasks: TaskSupervisor) -> None:
+    def __init__(
+        self,
+        open_inbox: OpenInbox,
+        refresh: Refresh,
+        tasks: TaskSupervisor,
+        make_inbox: MakeInbox | None = None,
+    ) -> None:
         self._refresh = refresh
         self._tasks = tasks
         self.waiters: dict[str, Waiter] = {}
-        self.inbox = Inbox(open_inbox, self._deliver, self._recheck_all, self._wanted, tasks)
+        self.inbox: Any = (
+            Inbox(open_inbox, self._deliver, self._recheck_all, self._wanted, tasks)
+            if make_inbox is None
+            else make_inbox(self._deliver, self._recheck_all, self.waiters)
+        )
         self._keeper: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._sleep_until = math.inf

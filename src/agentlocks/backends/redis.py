@@ -55,7 +55,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -82,6 +82,7 @@ from ._redis_scripts import (
     generation_key,
     lock_keys,
 )
+from ._redis_shards import ShardInbox
 from ._redis_signals import RedisSignals
 from ._redis_waiting import Skipped, Turns, Waiter, WaitRoom
 
@@ -114,11 +115,14 @@ class RedisBackend:
         self._redacted_url = settings.redacted_url
         self._on_lost = on_lost
         self._id = secrets.token_hex(8)  # this backend's coordinator id
-        self._link = Link(settings, client_name=f"agentlocks:{self._id}")  # checks options
+        self._link = Link(settings, client_name=f"agentlocks:{self._id}", tasks=tasks)
         self._ids = itertools.count(1)
         self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
-        self._room = WaitRoom(self._open_inbox, self._refresh, tasks)
+        shards = self._link.deployment.kind == "cluster"
+        self._room = WaitRoom(
+            self._open_inbox, self._refresh, tasks, self._shard_inbox if shards else None
+        )
         self._signals = RedisSignals(self._link, self._namespace, tasks)  # _redis_signals.py
         self._closed = False
 
@@ -161,7 +165,7 @@ class RedisBackend:
             try:
                 # Registered before the script can queue the request, so that a grant
                 # published before the script's reply reaches us still finds its waiter.
-                if wait and room.inbox.ready:
+                if wait and room.inbox.ready_for(keys):
                     waiter = room.register(request_id, keys, request)
                 started, sent = time.monotonic(), True
                 reply = await run(
@@ -170,7 +174,7 @@ class RedisBackend:
                 if reply[0] == -3:
                     # Must wait, but the inbox is not subscribed (the first wait of this
                     # backend, or it is reconnecting): a grant published now would be lost.
-                    await room.inbox.start()
+                    await room.inbox.start(keys)
                     waiter = room.register(request_id, keys, request)
                     started = time.monotonic()
                     reply = await run(ACQUIRE, named_keys, request, flags + "1", record)
@@ -182,6 +186,8 @@ class RedisBackend:
                 token, started = await self._outcome(
                     resource, keys, request, flags, reply, waiter, started
                 )
+                if self._link.min_replicas:
+                    await self._replicated(keys, f"{request_id}|{mode}|{token}", lease_ttl)
         except (Busy, QueueFull):
             room.unregister(request_id)  # refused before anything was stored
             raise
@@ -219,7 +225,7 @@ class RedisBackend:
                 pass
             # Skipped as a dead waiter while our inbox was down (_redis_waiting.py): we
             # are alive, so queue again, as a new arrival (the place went with the inbox).
-            await self._room.inbox.start()
+            await self._room.inbox.start(keys)
             if not self._turns.take_now(resource):
                 await self._turns.take(resource)
             try:
@@ -238,6 +244,14 @@ class RedisBackend:
         if code == -2:
             raise QueueFull(f"{reply[1]} requests already wait on {key!r}", key=key)
         raise BackendError(f"unexpected reply from acquire.lua: {reply!r}")
+
+    async def _replicated(self, keys: LockKeys, member: str, lease_ttl: float) -> None:
+        # A hand-off grant was written by the releaser's script, on its connection. This
+        # renewal writes on ours, and the WAIT after it (Link, min_replicas) covers every
+        # earlier write too (replication keeps the primary's order): once it returns, the
+        # grant is on min_replicas replicas, so a failover cannot forget it.
+        if not int(await self._link.run(RENEW, keys, member, _ms(lease_ttl))):
+            raise BackendError("the hand-off grant was gone before it was replicated")
 
     async def _withdraw(
         self, keys: LockKeys, request_id: str, request: str, lease_ttl: float
@@ -363,6 +377,11 @@ class RedisBackend:
         await self._link.aclose()
 
     # -- waiting -------------------------------------------------------------------------------
+
+    def _shard_inbox(
+        self, deliver: Callable[[str, int], None], recheck: Callable[[], None], waiters: Any
+    ) -> ShardInbox:
+        return ShardInbox(self._link, self._id, deliver, recheck, waiters, self._tasks)
 
     async def _open_inbox(self) -> Any:
         return await self._link.open_inbox(INBOX_PREFIX + self._id)

@@ -4,6 +4,15 @@
 
 local INBOX = 'agentlocks:inbox:'
 
+-- Tell a waiter's coordinator of its grant; answers how many connections heard it. Here a
+-- PUBLISH to the coordinator's inbox (one server, or a Sentinel primary). The Redis Cluster
+-- variant of each script (_redis_scripts.py, cluster_variant) replaces the @publish line:
+-- SPUBLISH on the lock's own shard channel "agentlocks:inbox:{<tag>}:<coordinator id>",
+-- which stays on the slot's shard (no broadcast to every node) and is counted there.
+local function publish(id, token)
+  return redis.call('PUBLISH', INBOX .. string.match(id, '^[^:]+'), id .. ' ' .. fmt(token)) -- @publish
+end
+
 -- The holder member of request id, or nil (a scan: only on rare paths).
 local function find_holder(id)
   local prefix = id .. '|'
@@ -49,8 +58,8 @@ end
 -- Invariant (see _redis_waiting.py): a request is queued only while its coordinator's
 -- inbox subscription is confirmed, and that subscription lasts as long as its connection,
 -- so a live waiter is skipped only across a dropped inbox, and then it queues again
--- itself. (Needs PUBLISH to count every receiver: true on one server; Redis Cluster would
--- need SPUBLISH to the slot's shard.)
+-- itself. (Needs the count to include every receiver: PUBLISH on one server; on a Redis
+-- Cluster, SPUBLISH counts on the slot's master, where the waiter's SSUBSCRIBE is.)
 local function grant_head()
   while true do
     local head = redis.call('ZRANGE', Q, 0, 0)[1]
@@ -61,8 +70,7 @@ local function grant_head()
     redis.call('ZREM', D, head)
     if id then -- (a malformed member cannot happen unless edited by hand: dropped)
       local token = grant(id, mode, ttl)
-      local heard = redis.call(
-        'PUBLISH', INBOX .. string.match(id, '^[^:]+'), id .. ' ' .. fmt(token))
+      local heard = publish(id, token)
       if heard == 0 then
         redis.call('ZREM', H, id .. '|' .. mode .. '|' .. fmt(token)) -- nobody to hold it
       elseif mode == 'x' then
