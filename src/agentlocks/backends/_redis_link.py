@@ -381,7 +381,13 @@ class Link:
         """A new connection subscribed to ``channel``; ``BackendError`` if impossible."""
         if self.pool is None:
             self._connect()
-        conn = await self.open_subscriber(self.pool.connection_class, self.pool.connection_kwargs)
+        model: Any = self.pool
+        if isinstance(model, ClusterCalls):
+            # Classic pub/sub on a cluster: a message published on any node reaches the
+            # subscribers of every node, so any master will do (the grants' hand-off uses
+            # sharded pub/sub instead: _redis_shards.py). Chosen anew on every reconnect.
+            model = (await model.masters())[0]
+        conn = await self.open_subscriber(model.connection_class, model.connection_kwargs)
         try:
             async with asyncio.timeout(self.socket_timeout):
                 await conn.send_command("SUBSCRIBE", channel)
