@@ -40,18 +40,21 @@ async def finish(coro: Coroutine[Any, Any, T]) -> T:
     by nobody, or a request queued for nobody, until its lease ran out (guarantee 7).
     """
     task = asyncio.get_running_loop().create_task(coro)
-    cancelled = False
+    cancelled: asyncio.CancelledError | None = None
     while not task.done():
         try:
             await asyncio.wait((task,))
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
+        except asyncio.CancelledError as exc:
+            # Keep the first one: its message is how anyio's cancel scopes (the
+            # coordinator's timeouts) recognise their own cancellation; a bare new
+            # CancelledError would escape them as a foreign one.
+            cancelled = cancelled or exc
+    if cancelled is not None:
         if not task.cancelled() and task.exception() is not None:
             logger.warning(
                 "cleanup failed while its caller was being cancelled: %r", task.exception()
             )
-        raise asyncio.CancelledError
+        raise cancelled
     return task.result()
 
 

@@ -22,9 +22,9 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 if TYPE_CHECKING:
+    from agentlocks._tasks import TaskSupervisor
+
     from ._pg_connection import Session
     from ._pg_sql import Sql
 
@@ -47,11 +47,12 @@ class _Op:
 class Coalescer:
     """The operation queue and worker of one shared session."""
 
-    __slots__ = ("_ops", "_session", "_sql", "_wake", "_worker")
+    __slots__ = ("_ops", "_session", "_sql", "_tasks", "_wake", "_worker")
 
-    def __init__(self, session: Session, sql: Sql) -> None:
+    def __init__(self, session: Session, sql: Sql, tasks: TaskSupervisor) -> None:
         self._session = session
         self._sql = sql
+        self._tasks = tasks
         self._ops: list[_Op] = []
         self._worker: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None  # set while the worker idles
@@ -71,20 +72,22 @@ class Coalescer:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            with anyio.CancelScope(shield=True):
-                outcome = await _wait_out(future)
-                if outcome is not None and outcome[0] is not None:  # granted: give it back
-                    await _wait_out(self.release(hold, False))
+            # _wait_out absorbs repeated cancels: the outcome must be known and undone.
+            outcome = await _wait_out(future)
+            if outcome is not None and outcome[0] is not None:  # granted: give it back
+                await _wait_out(self.release(hold, False))
             raise
 
-    async def release_now(self, hold: int, shared: bool) -> None:
-        """Release one grant's hold key; done on the server before a cancellation propagates."""
+    async def release_now(self, hold: int, shared: bool) -> bool:
+        """Release one grant's hold key; True if the session still held it.
+
+        Done on the server before a cancellation propagates.
+        """
         future = self.release(hold, shared)
         try:
-            await asyncio.shield(future)
+            return bool(await asyncio.shield(future))
         except asyncio.CancelledError:
-            with anyio.CancelScope(shield=True):
-                await _wait_out(future)
+            await _wait_out(future)
             raise
 
     def try_exclusive(self, gate: int, hold: int) -> asyncio.Future[Any]:
@@ -92,7 +95,7 @@ class Coalescer:
         return self._queue(_Op(gate, hold, False))
 
     def release(self, hold: int, shared: bool) -> asyncio.Future[Any]:
-        """Unlock one grant's hold key on this session; resolves to None."""
+        """Unlock one grant's hold key on this session; resolves to the unlock's answer."""
         return self._queue(_Op(None, hold, shared))
 
     def _queue(self, op: _Op) -> asyncio.Future[Any]:
@@ -102,7 +105,7 @@ class Coalescer:
         if wake is not None and not wake.done():
             wake.set_result(None)
         elif self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+            self._worker = self._tasks.spawn(self._run(), name="postgres statement batches")
         return op.future
 
     async def _run(self) -> None:
@@ -164,8 +167,10 @@ class Coalescer:
             if op.gate is not None:
                 row = await conn.fetchrow(sql.try_exclusive, op.gate, op.hold)
                 return [(row[0], row[1])]
-            await conn.fetchrow(sql.unlock_shared if op.shared else sql.unlock_exclusive, op.hold)
-            return [None]
+            row = await conn.fetchrow(
+                sql.unlock_shared if op.shared else sql.unlock_exclusive, op.hold
+            )
+            return [row[0]]
         tries = [op for op in ops if op.gate is not None]
         releases = [op for op in ops if op.gate is None]
         row = await conn.fetchrow(
@@ -176,8 +181,9 @@ class Coalescer:
             [op.hold for op in tries],
         )
         tokens = iter(row[0] or [])
+        unlocked = iter(row[2] or [])
         pid = row[1]
-        return [None if op.gate is None else (next(tokens), pid) for op in ops]
+        return [next(unlocked) if op.gate is None else (next(tokens), pid) for op in ops]
 
 
 async def _wait_out(future: asyncio.Future[Any]) -> Any:

@@ -101,16 +101,15 @@ the sequence and the ``agentlocks_generations`` table; default: first of ``searc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import anyio
-
-from agentlocks._tasks import TaskSupervisor
+from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import COMMON_OPTIONS, Settings
-from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
+from agentlocks.errors import AgentLocksError, BackendError, Busy, ConfigError, QueueFull
 
 from ._base import Grant, HolderInfo, LostCallback, describe
 from ._pg_connection import Session, driver_dsn
@@ -167,14 +166,27 @@ class PostgresBackend:
             connect_timeout=options.connect_timeout,
             application_name=options.application_name,
             on_dead=self._session_died,
+            tasks=tasks,
+            lease_ttl=settings.lease_ttl,
         )
-        self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval)
+        self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval, tasks)
+        self._sessions.on_open = self._liveness.watch
         self._states: dict[str, KeyState] = {}
         self._grants = Grants(
-            self._sessions, self._sql, self._liveness, self._states, options.liveness_interval
+            self._sessions,
+            self._sql,
+            self._liveness,
+            self._states,
+            options.liveness_interval,
+            tasks,
         )
-        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle)
+        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle, tasks)
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
+        # Tasks inside acquire(), so aclose() can fail them at once (API.md, "Connecting"),
+        # and those aclose() cancelled for that purpose.
+        self._acquiring: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -209,6 +221,36 @@ class PostgresBackend:
         lease_ttl: float,
         timeout: float | None,
     ) -> Grant:
+        if self._closed:
+            raise AgentLocksError("the PostgreSQL backend is closed")
+        task = asyncio.current_task()
+        assert task is not None
+        self._acquiring.add(task)
+        try:
+            return await self._acquire(resource, shared, capacity, wait, max_waiting, lease_ttl)
+        except asyncio.CancelledError:
+            # aclose() cancels requests still in here; that cancellation (and only that
+            # one: the task's own cancellations stay pending) becomes the error waiting
+            # requests must fail with. Cleanup ran on the way out, as for any cancellation.
+            if task in self._closing:
+                self._closing.discard(task)
+                if task.uncancel() == 0:
+                    raise AgentLocksError(
+                        f"the coordinator was closed while {describe(resource)!r} was awaited"
+                    ) from None
+            raise
+        finally:
+            self._acquiring.discard(task)
+
+    async def _acquire(
+        self,
+        resource: str,
+        shared: bool,
+        capacity: int | None,
+        wait: bool,
+        max_waiting: int | None,
+        lease_ttl: float,
+    ) -> Grant:
         if capacity is not None and capacity >= MAX_SLOTS:
             raise ConfigError(f"capacity must be below {MAX_SLOTS} on PostgreSQL")
         state = self._state(resource)
@@ -237,8 +279,7 @@ class PostgresBackend:
                 await state.enqueue(request)  # leaves the queue by itself if cancelled
             except BaseException:
                 if request.grant is not None:  # granted with the head as it was cancelled
-                    with anyio.CancelScope(shield=True):
-                        await self.release(request.grant)
+                    await finish(self._grants.release(request.grant))
                 self._grants.drop_if_idle(resource, state)
                 raise
             if request.grant is not None:  # granted together with the request ahead
@@ -308,12 +349,14 @@ class PostgresBackend:
         return await self._grants.wait_slot(resource, state, request, lease_ttl)
 
     async def release(self, grant: Grant) -> bool:
-        await self._grants.release(grant)
-        return True
+        return await self._grants.release(grant)
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+        # One ping per session holding the grants: proves the session alive and restarts
+        # its server-side lease (_pg_liveness.py). Cancellable (the renewer gives each
+        # call a deadline): the pings run on in tasks of their own.
         sessions = {g.handle.session for g in grants if isinstance(g.handle, Hold)}
-        await self._liveness.check(sessions)
+        await self._liveness.renew(sessions)
         return [g for g in grants if not isinstance(g.handle, Hold) or g.handle.released]
 
     async def verify(self, grant: Grant) -> bool:
@@ -375,11 +418,18 @@ class PostgresBackend:
         state = self._states.get(resource)
         keys = state.keys if state is not None else keys_for(self._namespace, resource)
         rows = await self._rows(keys, semaphore)
-        for request in granted_unrecorded(rows, state):
-            # The server granted our queued request already; its task records the grant
-            # (and its token) in a moment: report it as the holder it is.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await request.settled.wait()
+        settling = [
+            asyncio.ensure_future(r.settled.wait()) for r in granted_unrecorded(rows, state)
+        ]
+        if settling:
+            # The server granted our queued requests already; their tasks record the grants
+            # (and tokens) at their next step: report them as the holders they are. A
+            # bounded, cancellable wait (a stalled task cannot hold inspect() up).
+            try:
+                await asyncio.wait(settling, timeout=1.0)
+            finally:
+                for waiter in settling:
+                    waiter.cancel()
         state = self._states.get(resource)
         return snapshot(rows, self._sessions.pids, keys, state, semaphore)
 
@@ -404,7 +454,15 @@ class PostgresBackend:
         return int(row[0])
 
     async def aclose(self) -> None:
+        # Requests still waiting fail at once with an AgentLocksError (see acquire): they
+        # are cancelled, withdraw as any cancelled request does, and report the closing.
+        self._closed = True
+        current = asyncio.current_task()
+        for task in list(self._acquiring):
+            if task is not current and not task.done():
+                self._closing.add(task)
+                task.cancel()
+        await asyncio.sleep(0)  # let them start withdrawing while the sessions are open
         await self._counts.aclose()
-        await self._grants.aclose()
         await self._liveness.aclose()
         await self._sessions.aclose()
