@@ -13,6 +13,13 @@ batch runs in the worker task, whatever happens to its callers. (A cancel reques
 land on a *later* statement of the connection, and a multi-lock statement cut short half
 way would leave locks nobody owns.) A cancelled caller waits for its operation's outcome
 and undoes a grant it no longer wants, before its cancellation propagates.
+
+How it waits costs nothing extra: each operation's outcome is an :class:`Outcome`, a
+future that refuses ``cancel()``. ``task.cancel()`` of a caller awaiting it then only
+marks the task, and asyncio throws the ``CancelledError`` in once the outcome is known
+(repeated cancels included), so the caller learns the outcome and can undo it. No task
+and no shield stand between the worker and the caller: one loop wake-up per statement
+fewer each way than ``asyncio.shield`` (the uncontended path is two statements).
 """
 
 from __future__ import annotations
@@ -34,6 +41,19 @@ MAX_BATCH = 256
 LINGER = 1.0
 
 
+class Outcome(asyncio.Future[Any]):
+    """A future that cannot be cancelled: its awaiter's cancellation waits for the result.
+
+    ``Task.cancel()`` first tries to cancel the future the task awaits; when that refuses,
+    the task is only marked, and the ``CancelledError`` is thrown in at its next step: once
+    this future is done. Only the worker resolves it (with a result or an exception).
+    """
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Refuse: the operation runs on the server whatever its caller does."""
+        return False
+
+
 class _Op:
     __slots__ = ("future", "gate", "hold", "shared")
 
@@ -41,7 +61,7 @@ class _Op:
         self.gate = gate  # None: a release of ``hold``
         self.hold = hold
         self.shared = shared
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[Any] = Outcome(loop=asyncio.get_running_loop())
 
 
 class Coalescer:
@@ -70,10 +90,10 @@ class Coalescer:
         """
         future = self.try_exclusive(gate, hold)
         try:
-            return await asyncio.shield(future)
+            return await future
         except asyncio.CancelledError:
-            # _wait_out absorbs repeated cancels: the outcome must be known and undone.
-            outcome = await _wait_out(future)
+            # Thrown only once the outcome is known (an Outcome refuses cancel()).
+            outcome = _result(future)
             if outcome is not None and outcome[0] is not None:  # granted: give it back
                 await _wait_out(self.release(hold, False))
             raise
@@ -81,14 +101,9 @@ class Coalescer:
     async def release_now(self, hold: int, shared: bool) -> bool:
         """Release one grant's hold key; True if the session still held it.
 
-        Done on the server before a cancellation propagates.
+        Done on the server before a cancellation propagates (the Outcome waits for it).
         """
-        future = self.release(hold, shared)
-        try:
-            return bool(await asyncio.shield(future))
-        except asyncio.CancelledError:
-            await _wait_out(future)
-            raise
+        return bool(await self.release(hold, shared))
 
     def try_exclusive(self, gate: int, hold: int) -> asyncio.Future[Any]:
         """The fast path of an exclusive lock; resolves to ``(token or None, pid)``."""
@@ -187,11 +202,16 @@ class Coalescer:
 
 
 async def _wait_out(future: asyncio.Future[Any]) -> Any:
-    """Wait for ``future`` whatever happens to the caller; its result, or None."""
+    """Wait for an Outcome whatever happens to the caller; its result, or None."""
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait((future,))
-    if future.cancelled() or future.exception() is not None:
+            await future
+    return _result(future)
+
+
+def _result(future: asyncio.Future[Any]) -> Any:
+    """A done future's result; None if it failed (or, unfinished, if not done)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
         return None
     return future.result()
 

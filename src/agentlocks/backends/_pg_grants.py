@@ -324,8 +324,10 @@ class Grants:
     async def release(self, grant: Grant) -> bool:
         """Release ``grant``; True if its session still held it (False: gone, lost).
 
-        The statement runs to its end even if the caller is cancelled: the coordinator
-        runs this under ``finish``, and the statements below are cut short by nobody.
+        Runs to its end on the server even if the caller is cancelled, repeatedly
+        (``PostgresBackend.release_finishes``): nothing below suspends before the unlock
+        is queued, a fast-path unlock waits on an Outcome (``_pg_batch.py``) and the
+        others run under ``finish``. The caller's cancellation is raised afterwards.
         """
         hold = grant.handle
         assert isinstance(hold, Hold)

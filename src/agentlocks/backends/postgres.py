@@ -103,8 +103,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from agentlocks._tasks import TaskSupervisor, finish
@@ -125,6 +125,8 @@ from ._pg_tickets import WaitCounts
 
 __all__ = ["PostgresBackend"]
 
+T = TypeVar("T")
+
 logger = logging.getLogger("agentlocks")
 
 
@@ -142,6 +144,9 @@ class PostgresBackend:
 
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
+    # release() never lets its caller's cancellation cut it short: fast-path releases wait
+    # on an Outcome (_pg_batch.py), the others run under finish (_pg_grants.Grants.release).
+    release_finishes: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         self._tasks = tasks  # owns this backend's background tasks
@@ -223,34 +228,6 @@ class PostgresBackend:
     ) -> Grant:
         if self._closed:
             raise AgentLocksError("the PostgreSQL backend is closed")
-        task = asyncio.current_task()
-        assert task is not None
-        self._acquiring.add(task)
-        try:
-            return await self._acquire(resource, shared, capacity, wait, max_waiting, lease_ttl)
-        except asyncio.CancelledError:
-            # aclose() cancels requests still in here; that cancellation (and only that
-            # one: the task's own cancellations stay pending) becomes the error waiting
-            # requests must fail with. Cleanup ran on the way out, as for any cancellation.
-            if task in self._closing:
-                self._closing.discard(task)
-                if task.uncancel() == 0:
-                    raise AgentLocksError(
-                        f"the coordinator was closed while {describe(resource)!r} was awaited"
-                    ) from None
-            raise
-        finally:
-            self._acquiring.discard(task)
-
-    async def _acquire(
-        self,
-        resource: str,
-        shared: bool,
-        capacity: int | None,
-        wait: bool,
-        max_waiting: int | None,
-        lease_ttl: float,
-    ) -> Grant:
         if capacity is not None and capacity >= MAX_SLOTS:
             raise ConfigError(f"capacity must be below {MAX_SLOTS} on PostgreSQL")
         state = self._state(resource)
@@ -274,9 +251,12 @@ class PostgresBackend:
             # must draw their tokens in arrival order, which only the head's batch does.
             bypassable = request.capacity is not None or not request.shared
             if bypassable and self._sessions.spare_free(holds_any()) and state.can_bypass():
-                return await self._bypass(resource, state, request, lease_ttl)
+                return await self._guarded(
+                    resource, self._bypass(resource, state, request, lease_ttl)
+                )
             try:
-                await state.enqueue(request)  # leaves the queue by itself if cancelled
+                # Leaves the queue by itself if cancelled.
+                await self._guarded(resource, state.enqueue(request))
             except BaseException:
                 if request.grant is not None:  # granted with the head as it was cancelled
                     await finish(self._grants.release(request.grant))
@@ -345,8 +325,36 @@ class PostgresBackend:
             await self._check_waiting(resource, state, max_waiting)
         request.waiting = True
         if request.capacity is None:
-            return await self._grants.wait_lock(resource, state, request, lease_ttl)
-        return await self._grants.wait_slot(resource, state, request, lease_ttl)
+            return await self._guarded(
+                resource, self._grants.wait_lock(resource, state, request, lease_ttl)
+            )
+        return await self._guarded(
+            resource, self._grants.wait_slot(resource, state, request, lease_ttl)
+        )
+
+    async def _guarded(self, resource: str, wait: Coroutine[Any, Any, T]) -> T:
+        """Run one waiting step of an acquire, so that ``aclose()`` can fail it at once.
+
+        aclose() cancels the tasks waiting here; that cancellation (and only that one: the
+        task's own cancellations stay pending) becomes the ``AgentLocksError`` waiting
+        requests must fail with. The step's cleanup ran on the way out, as for any
+        cancellation. Only waits pay for this: the uncontended fast path never comes here.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._acquiring.add(task)
+        try:
+            return await wait
+        except asyncio.CancelledError:
+            if task in self._closing:
+                self._closing.discard(task)
+                if task.uncancel() == 0:
+                    raise AgentLocksError(
+                        f"the coordinator was closed while {describe(resource)!r} was awaited"
+                    ) from None
+            raise
+        finally:
+            self._acquiring.discard(task)
 
     async def release(self, grant: Grant) -> bool:
         return await self._grants.release(grant)
