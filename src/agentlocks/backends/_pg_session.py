@@ -472,7 +472,7 @@ class Sessions:
                 await session.run(self._sql.unlock_all, session.guc)
             except asyncpg.QueryCanceledError:
                 continue
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # driver errors, and asyncpg's own confusion after a cancel
                 break
             await self.give_back(session)
             return

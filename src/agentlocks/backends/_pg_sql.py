@@ -241,3 +241,15 @@ class Sql:
             " ON CONFLICT (namespace, name) DO UPDATE"
             " SET generation = GREATEST(t.generation, EXCLUDED.generation) RETURNING generation"
         )
+        # Fenced by the writer's grant, in one statement on the session that holds it: the
+        # row is written only while this session holds the hold key $4 exclusively (only
+        # this session could let go of it, and not while the statement runs). No row: the
+        # grant is gone and nothing was written. Generations only grow (GREATEST).
+        self.publish_generation_fenced = (
+            f"INSERT INTO {self.table} AS t (namespace, name, generation) SELECT $1, $2, $3"
+            " WHERE EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND granted"
+            " AND locktype = 'advisory' AND objsubid = 1 AND mode = 'ExclusiveLock'"
+            " AND ((classid::bigint << 32) | objid::bigint) = $4)"
+            " ON CONFLICT (namespace, name) DO UPDATE"
+            " SET generation = GREATEST(t.generation, EXCLUDED.generation) RETURNING generation"
+        )

@@ -189,7 +189,7 @@ class PostgresBackend:
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
         # Tasks inside acquire(), so aclose() can fail them at once (API.md, "Connecting"),
         # and those aclose() cancelled for that purpose.
-        self._acquiring: set[asyncio.Task[Any]] = set()
+        self._acquiring: dict[asyncio.Task[Any], asyncio.Event] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -342,7 +342,7 @@ class PostgresBackend:
         """
         task = asyncio.current_task()
         assert task is not None
-        self._acquiring.add(task)
+        left = self._acquiring[task] = asyncio.Event()
         try:
             return await wait
         except asyncio.CancelledError:
@@ -354,7 +354,8 @@ class PostgresBackend:
                     ) from None
             raise
         finally:
-            self._acquiring.discard(task)
+            self._acquiring.pop(task, None)
+            left.set()
 
     async def release(self, grant: Grant) -> bool:
         return await self._grants.release(grant)
@@ -452,25 +453,55 @@ class PostgresBackend:
             raise self._error(exc) from exc
         return 0 if row is None else int(row[0])
 
-    async def publish_generation(self, name: str, generation: int) -> int:
-        session = await self._sessions.shared()
+    async def publish_generation(
+        self, name: str, generation: int, grant: Grant | None = None
+    ) -> int:
+        """Raise the generation of ``name`` to at least ``generation``.
+
+        With the writer's ``grant`` (its exclusive grant on the registry's lock), fenced:
+        one statement on the session holding the grant writes only while that session
+        still holds it; returns True once published, False (nothing written) if the grant
+        is gone. Without, unfenced: returns the generation now stored.
+        """
+        shared = await self._sessions.shared()
         try:
-            await self._sessions.ensure_table(session)
-            row = await session.run(self._sql.publish_generation, self._namespace, name, generation)
+            await self._sessions.ensure_table(shared)
+            if grant is None:
+                row = await shared.run(
+                    self._sql.publish_generation, self._namespace, name, generation
+                )
+                return int(row[0])
+            hold = grant.handle
+            if not isinstance(hold, Hold) or hold.released or hold.session.dead:
+                return False
+            row = await hold.session.run(
+                self._sql.publish_generation_fenced, self._namespace, name, generation, hold.key
+            )
         except DRIVER_ERRORS as exc:
+            if grant is not None and isinstance(grant.handle, Hold):
+                session = grant.handle.session
+                if session.dead or session.conn.is_closed():
+                    return False  # the grant went with its connection: nothing written
             raise self._error(exc) from exc
-        return int(row[0])
+        return row is not None
 
     async def aclose(self) -> None:
         # Requests still waiting fail at once with an AgentLocksError (see acquire): they
         # are cancelled, withdraw as any cancelled request does, and report the closing.
         self._closed = True
         current = asyncio.current_task()
-        for task in list(self._acquiring):
+        leaving = []
+        for task, left in list(self._acquiring.items()):
             if task is not current and not task.done():
                 self._closing.add(task)
                 task.cancel()
-        await asyncio.sleep(0)  # let them start withdrawing while the sessions are open
+                leaving.append(asyncio.ensure_future(left.wait()))
+        if leaving:
+            # Let them withdraw (scrub their spares) while the sessions are still open:
+            # closing a connection under a withdrawal in progress confuses asyncpg.
+            await asyncio.wait(leaving, timeout=1.0)
+            for waiter in leaving:
+                waiter.cancel()
         await self._counts.aclose()
         await self._liveness.aclose()
         await self._sessions.aclose()
