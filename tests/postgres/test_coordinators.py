@@ -295,7 +295,7 @@ async def test_spaced_requests_with_random_cancellations_keep_exclusion_and_leav
                 try:
                     peak = max(peak, inside)
                     granted.append(lease.token)
-                    await asyncio.sleep(0.002 + rng.random() * 0.004)  # contended enough
+                    await asyncio.sleep(0.004 + rng.random() * 0.006)  # contended enough
                 finally:
                     inside -= 1
         except AcquireTimeout:

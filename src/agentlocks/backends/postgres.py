@@ -50,9 +50,12 @@ the lent spares wait for), and a wait queued for ``spare_patience`` seconds (def
 takes a spare beyond the bound (a lease handed to another task escapes the first rule).
 So a coordinator keeps about ``pool_size + max_spares + 1`` connections.
 
-Fencing tokens come from one sequence (``agentlocks_tokens``, created on first use,
+Fencing tokens come from one sequence (``<schema>.agentlocks_tokens``, always
+schema-qualified, never resolved through a role's ``search_path``; created on first use,
 ``CACHE 1``), drawn in the granting statement after the hold is taken: strictly
-increasing per key (in fact per database) across every client and server restart.
+increasing per key (in fact per database) across every client, role and server restart.
+Registry generations (``<schema>.agentlocks_generations``) are published by one statement
+on the writer's own session that writes only while that session holds the lock.
 
 Lost leases. PostgreSQL releases a session's advisory locks when its connection ends: a
 crashed holder's locks are free as soon as the server reads the closed socket, and a
@@ -60,12 +63,13 @@ waiting session whose client vanished leaves the queue within a second
 (``client_connection_check_interval``, PostgreSQL >= 14). When one of this process's
 connections ends (terminated backend, network drop), asyncpg's termination callback
 reports every grant on it to ``on_lost`` at once; the coordinator cancels the holders'
-blocks. A liveness check (``_pg_liveness.py``) pings every ``liveness_interval`` seconds
-(default 2) each session that holds grants and drops one that does not answer in time,
-bounding how late a silent loss is noticed. ``renew`` runs the same check for the grants
-the coordinator tracks; a PostgreSQL lease lives as long as its connection, whatever its
-``lease_ttl``. Sessions turn off ``statement_timeout``, ``lock_timeout`` and
-``idle_session_timeout``, any of which a database default could set against them.
+blocks. A silent holder (partitioned, or its loop stalled) is freed by the server itself:
+sessions holding grants carry ``idle_session_timeout`` = ``lease_ttl`` (a server-side
+lease), which ``renew`` (one ping per session holding the renewed grants, every third of
+a TTL) and the liveness loop (``_pg_liveness.py``) keep from firing on a healthy holder.
+The liveness loop also drops a session that does not answer a ping within
+``liveness_interval`` (default 2 s). Sessions turn off ``statement_timeout`` and
+``lock_timeout``, which a database default could set against them.
 
 Semaphores. The slots of a semaphore are advisory keys ``slot_base + i``. The fast path
 passes the gate shared and takes free slots. The head of the queue holds the gate
@@ -78,9 +82,11 @@ own queue. Other processes' heads show in ``pg_locks`` (queued, or holding a sem
 gate); the requests queued behind them do not, so every process publishes each local
 queue's length as a few shared advisory locks, one per set bit (``_pg_tickets.py``).
 
-Cancellation (``_pg_grants.py``). Statements that can grant run in a task of their own,
-so a cancelled caller never leaves a grant nobody knows about: the statement finishes and
-what it granted is released before the cancellation propagates. A server-side wait is
+Cancellation (``_pg_grants.py``). Statements that can grant never yield to a cancelled
+caller half way: they run under ``agentlocks._tasks.finish``, or in a shared session's
+batch worker whose outcomes refuse ``cancel()`` (``_pg_batch.Outcome``), so a cancelled
+caller never leaves a grant nobody knows about: the statement finishes and what it
+granted is released before the cancellation propagates. A server-side wait is
 cancelled on the server (asyncpg's cancel request); then the spare runs
 ``pg_advisory_unlock_all()``, which also hands on a grant that raced the cancellation. A
 spare that cannot be cleaned is closed, never reused, and no connection is ever handed
@@ -95,7 +101,7 @@ or through session pooling.
 Options (``_pg_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
 (seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``max_spares``
 (default 32), ``spare_patience`` (seconds, default 1), ``schema`` (of
-the sequence and the ``agentlocks_generations`` table; default: first of ``search_path``),
+the sequence and the ``agentlocks_generations`` table; default ``public``),
 ``application_name`` (default ``"agentlocks"``).
 """
 
