@@ -38,18 +38,28 @@ async def _lost_at(lease: Lease) -> float:
 # -- 3. a silently cut-off holder loses its lock on the server within about lease_ttl ----------
 
 
-@pytest.mark.parametrize("ttl", [1.0, 2.0])
+@pytest.mark.parametrize(
+    ("ttl", "queued"), [(1.0, False), (2.0, False), (1.0, True)], ids=["1s", "2s", "1s-queued"]
+)
 async def test_silent_partition_frees_the_lock_on_the_server_within_lease_ttl(
-    connect: Connect, pg_url: str, ttl: float
+    connect: Connect, pg_url: str, ttl: float, queued: bool
 ) -> None:
-    """Holder partitioned through a proxy: lost locally first, then the next client is granted."""
+    """Holder partitioned through a proxy: lost locally first, then the next client is granted
+    (a fast-path holder, and one granted after waiting, on a connection of its own)."""
     other = connect(lease_ttl=ttl)
     port = urlsplit(pg_url).port
     assert port is not None
     with PartitionProxy(port) as proxy:
         holder = agentlocks.connect(proxy.url_for(pg_url), namespace=other.namespace, lease_ttl=ttl)
         try:
-            lease = await holder.acquire("job")
+            if queued:
+                blocker = await other.acquire("job")
+                waiting = asyncio.create_task(holder.acquire("job").__aenter__())
+                await asyncio.sleep(0.3)
+                await blocker.release()
+                lease = await asyncio.wait_for(waiting, 5)
+            else:
+                lease = await holder.acquire("job")
             await asyncio.sleep(ttl / 2)  # a renewal or two went through
             proxy.partition()
             cut = time.monotonic()
