@@ -244,6 +244,7 @@ class Grants:
         session = await self._spare_for(state, request)
         sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
         lease = request.lease_ttl
+        session.idle_timeout = 0.0  # a clean spare; the wait sets its lease once granted
         try:
             # The one statement that is cancelled on the server: the spare holds nothing
             # but what this wait takes, and is scrubbed afterwards.

@@ -79,7 +79,11 @@ class Liveness:
                 quiet = now - session.last_ok
                 held = bool(session.grants) and quiet >= self._interval / 2
                 lease = session.idle_timeout > 0 and quiet >= session.idle_timeout / 3
-                if (held or lease) and not session.dead and session.pinging is None:
+                # Not while a statement runs on it (pending): that statement keeps the
+                # server's idle clock still, and a ping queued behind a spare's long wait
+                # would time out and drop a healthy waiter.
+                busy = session.pending > 0 or session.pinging is not None
+                if (held or lease) and not session.dead and not busy:
                     session.pinging = self.ping(session)
             await self._sessions.give_back_unused()
 
