@@ -12,7 +12,6 @@ import pytest_asyncio
 
 import agentlocks
 from agentlocks import AcquireTimeout, Coordinator, Registry
-from agentlocks._registry_lock import _takes_grant
 from tests.conftest import BACKENDS, backend_url_for
 
 #: Bound for "it did not hang": far above any expected time, far below the test timeout.
@@ -73,12 +72,6 @@ async def settle(coord: Coordinator, registry: Registry, count: int) -> None:
     async with asyncio.timeout(NO_HANG):
         while await waiting(coord, registry) != count:
             await asyncio.sleep(0.002)
-
-
-def require_fenced_publish(coord: Coordinator) -> None:
-    """Skip on a backend still on the two-argument ``publish_generation`` (transitional)."""
-    if not _takes_grant(coord.backend):
-        pytest.skip(f"{coord!r}: publish_generation does not take the writer's grant yet")
 
 
 def require_shared_state(coord: Coordinator) -> None:
@@ -224,7 +217,6 @@ async def test_the_version_never_goes_backwards(tools: Registry) -> None:
 
 async def test_publishing_a_lower_generation_keeps_the_higher(coord: Coordinator) -> None:
     """The backend's publish never lowers the generation (the registry relies on it)."""
-    require_fenced_publish(coord)
     async with coord.acquire("tool-registry") as lease:
         grant = lease._held_grant()
         assert await coord.backend.publish_generation("tool-registry", 5, grant)
@@ -234,7 +226,6 @@ async def test_publishing_a_lower_generation_keeps_the_higher(coord: Coordinator
 
 async def test_a_released_writer_publishes_nothing(coord: Coordinator) -> None:
     """Publishing is fenced: a grant that is no longer held writes no generation."""
-    require_fenced_publish(coord)
     async with coord.acquire("tool-registry") as lease:
         grant = lease._held_grant()
     assert not await coord.backend.publish_generation("tool-registry", 7, grant)

@@ -10,28 +10,14 @@ publish is fenced by the writer's grant), and publishing never lowers it.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from .errors import LeaseLost
 
 if TYPE_CHECKING:
-    from .backends._base import Backend
     from .coordinator import Coordinator
-
-_TAKES_GRANT: dict[type, bool] = {}
-
-
-def _takes_grant(backend: Backend) -> bool:
-    """True if ``backend.publish_generation`` takes the writer's grant (the fenced protocol)."""
-    cls = type(backend)
-    known = _TAKES_GRANT.get(cls)
-    if known is None:
-        params = inspect.signature(backend.publish_generation).parameters
-        known = _TAKES_GRANT[cls] = len(params) >= 3
-    return known
 
 
 class Registry:
@@ -91,13 +77,7 @@ class Registry:
             # backend, so a writer whose lease was lost after its block ended (or while
             # this call travelled) publishes nothing: there is no check-then-write window.
             backend = coord.backend
-            if not _takes_grant(backend):
-                # TRANSITIONAL (remove once every in-tree backend takes the grant): a
-                # backend still on the old two-argument protocol gets the old, unfenced
-                # check-then-publish.
-                await lease.verify()
-                await cast(Any, backend).publish_generation(self._name, generation)
-            elif not await backend.publish_generation(self._name, generation, lease._held_grant()):
+            if not await backend.publish_generation(self._name, generation, lease._held_grant()):
                 # The release on the way out reports the loss too (lease.lost turns True).
                 raise LeaseLost(
                     f"the lease on registry {self._name!r} was lost: generation "

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["TaskSupervisor", "finish", "logger"]
+__all__ = ["TaskSupervisor", "finish", "logger", "settle"]
 
 T = TypeVar("T")
 
@@ -45,7 +45,10 @@ async def finish(coro: Coroutine[Any, Any, T]) -> T:
         try:
             await asyncio.wait((task,))
         except asyncio.CancelledError as exc:
-            cancelled = exc
+            # Keep the first one: its message is how anyio's cancel scopes (the
+            # coordinator's timeouts) recognise their own cancellation; a bare new
+            # CancelledError would escape them as a foreign one.
+            cancelled = cancelled or exc
     if cancelled is not None:
         if not task.cancelled() and task.exception() is not None:
             logger.warning(
@@ -56,6 +59,15 @@ async def finish(coro: Coroutine[Any, Any, T]) -> T:
         # own to absorb; a bare CancelledError would escape the scope as a plain cancel.
         raise cancelled
     return task.result()
+
+
+async def settle(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, absorbing the caller's cancellations until then.
+
+    As :func:`finish` (the caller's cancellation is raised afterwards), for a task that is
+    already running; its own outcome is left to whoever owns it.
+    """
+    await finish(_wait_all([task]))
 
 
 class TaskSupervisor:
@@ -143,5 +155,5 @@ class TaskSupervisor:
             await finish(_wait_all(tasks))
 
 
-async def _wait_all(tasks: list[asyncio.Task[Any]]) -> None:
+async def _wait_all(tasks: list[asyncio.Task[Any]] | list[asyncio.Future[Any]]) -> None:
     await asyncio.wait(tasks)

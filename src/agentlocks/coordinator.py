@@ -126,6 +126,10 @@ class Coordinator:
         self._tasks = TaskSupervisor()
         self._backend: Backend = backend_cls(settings, self._on_backend_lost, self._tasks)
         self._remote = bool(backend_cls.remote)
+        # A backend whose release cannot be cut short by its caller's cancellation (it says
+        # so with ``release_finishes = True``) is awaited directly: finish() would only add
+        # a task and three loop wake-ups to every release.
+        self._release_finishes = bool(getattr(backend_cls, "release_finishes", False))
         self._renewer = Renewer(self._backend, self._tasks) if self._remote else None
         # Optional synchronous fast path (in-process backends only; see FastPath).
         fast = self._backend if not self._remote and isinstance(self._backend, FastPath) else None
@@ -365,7 +369,10 @@ class Coordinator:
                 # half-way would leave the key held by nobody until its TTL, and waiters
                 # stalled behind it (guarantee 7).
                 try:
-                    held = await finish(self._backend.release(grant))
+                    if self._release_finishes:
+                        held = await self._backend.release(grant)
+                    else:
+                        held = await finish(self._backend.release(grant))
                 except Exception:
                     if not lease.lost:  # (it may have been lost while the call ran)
                         raise

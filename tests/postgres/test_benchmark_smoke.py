@@ -12,7 +12,7 @@ pytestmark = pytest.mark.postgres
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 TARGETS = (
-    "uncontended acquire+release <= 1.3x raw advisory lock",
+    "uncontended acquire+release <= 1.2x raw advisory lock",
     "queued hand-off p50 (8 waiters) <= 1.5x raw advisory lock",
     "hand-off loop p50 (8 tasks, hold 0) <= 1.5x raw advisory lock",
     "FIFO violations == 0",

@@ -296,19 +296,22 @@ async def test_spaced_requests_with_random_cancellations_keep_exclusion_and_leav
                 try:
                     peak = max(peak, inside)
                     granted.append(lease.token)
-                    await asyncio.sleep(rng.random() * 0.004)
+                    await asyncio.sleep(0.004 + rng.random() * 0.006)  # contended enough
                 finally:
                     inside -= 1
         except AcquireTimeout:
             pass
 
-    tasks = []
-    for _ in range(80):
-        tasks.append(asyncio.create_task(run()))
-        await asyncio.sleep(rng.random() * 0.008)  # not overloaded: queues drain often
-        if rng.random() < 0.15:
-            rng.choice(tasks).cancel()
-    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+    for _attempt in range(3):  # until the timing did send a request beside its head
+        tasks = []
+        for _ in range(80):
+            tasks.append(asyncio.create_task(run()))
+            await asyncio.sleep(rng.random() * 0.008)  # not overloaded: queues drain often
+            if rng.random() < 0.15:
+                rng.choice(tasks).cancel()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        if bypasses:
+            break
     assert peak <= (capacity or 1) and granted
     assert bypasses > 0  # the schedule did send requests beside their process's head
     if capacity is None:

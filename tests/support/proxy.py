@@ -126,6 +126,10 @@ class PartitionProxy:
         while True:
             data = await reader.read(65536)
             if not data:
+                # A partition drops the FIN too: the other side must not learn of the close
+                # (a client dropping its connection would otherwise free its server session).
+                while self._dropping and self._thread.is_alive():
+                    await asyncio.sleep(0.05)
                 writer.close()
                 return
             if self._dropping:

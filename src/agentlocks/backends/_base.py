@@ -191,6 +191,10 @@ class Backend(Protocol):
             cancellation. An in-process backend (False) promises that ``release`` never
             suspends and that grants are never lost.
         option_names: Backend-specific options accepted in the URL query or as keywords.
+        release_finishes: Optional, default False. True promises that ``release`` runs to
+            its end on the server even if its caller is cancelled, repeatedly (it waits on
+            its own ``finish`` or on futures that refuse ``cancel()``): the coordinator then
+            awaits it directly instead of through :func:`~agentlocks._tasks.finish`.
 
     Additional methods: :class:`HeadStore` (``swap_head``, ``drop_heads``), which every
     built-in backend implements and ``guard_checkpointer`` requires.

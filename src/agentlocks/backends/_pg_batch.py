@@ -13,6 +13,13 @@ batch runs in the worker task, whatever happens to its callers. (A cancel reques
 land on a *later* statement of the connection, and a multi-lock statement cut short half
 way would leave locks nobody owns.) A cancelled caller waits for its operation's outcome
 and undoes a grant it no longer wants, before its cancellation propagates.
+
+How it waits costs nothing extra: each operation's outcome is an :class:`Outcome`, a
+future that refuses ``cancel()``. ``task.cancel()`` of a caller awaiting it then only
+marks the task, and asyncio throws the ``CancelledError`` in once the outcome is known
+(repeated cancels included), so the caller learns the outcome and can undo it. No task
+and no shield stand between the worker and the caller: one loop wake-up per statement
+fewer each way than ``asyncio.shield`` (the uncontended path is two statements).
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 if TYPE_CHECKING:
+    from agentlocks._tasks import TaskSupervisor
+
     from ._pg_connection import Session
     from ._pg_sql import Sql
 
@@ -34,6 +41,19 @@ MAX_BATCH = 256
 LINGER = 1.0
 
 
+class Outcome(asyncio.Future[Any]):
+    """A future that cannot be cancelled: its awaiter's cancellation waits for the result.
+
+    ``Task.cancel()`` first tries to cancel the future the task awaits; when that refuses,
+    the task is only marked, and the ``CancelledError`` is thrown in at its next step: once
+    this future is done. Only the worker resolves it (with a result or an exception).
+    """
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Refuse: the operation runs on the server whatever its caller does."""
+        return False
+
+
 class _Op:
     __slots__ = ("future", "gate", "hold", "shared")
 
@@ -41,17 +61,18 @@ class _Op:
         self.gate = gate  # None: a release of ``hold``
         self.hold = hold
         self.shared = shared
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[Any] = Outcome(loop=asyncio.get_running_loop())
 
 
 class Coalescer:
     """The operation queue and worker of one shared session."""
 
-    __slots__ = ("_ops", "_session", "_sql", "_wake", "_worker")
+    __slots__ = ("_ops", "_session", "_sql", "_tasks", "_wake", "_worker")
 
-    def __init__(self, session: Session, sql: Sql) -> None:
+    def __init__(self, session: Session, sql: Sql, tasks: TaskSupervisor) -> None:
         self._session = session
         self._sql = sql
+        self._tasks = tasks
         self._ops: list[_Op] = []
         self._worker: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None  # set while the worker idles
@@ -69,30 +90,27 @@ class Coalescer:
         """
         future = self.try_exclusive(gate, hold)
         try:
-            return await asyncio.shield(future)
+            return await future
         except asyncio.CancelledError:
-            with anyio.CancelScope(shield=True):
-                outcome = await _wait_out(future)
-                if outcome is not None and outcome[0] is not None:  # granted: give it back
-                    await _wait_out(self.release(hold, False))
+            # Thrown only once the outcome is known (an Outcome refuses cancel()).
+            outcome = _result(future)
+            if outcome is not None and outcome[0] is not None:  # granted: give it back
+                await _wait_out(self.release(hold, False))
             raise
 
-    async def release_now(self, hold: int, shared: bool) -> None:
-        """Release one grant's hold key; done on the server before a cancellation propagates."""
-        future = self.release(hold, shared)
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            with anyio.CancelScope(shield=True):
-                await _wait_out(future)
-            raise
+    async def release_now(self, hold: int, shared: bool) -> bool:
+        """Release one grant's hold key; True if the session still held it.
+
+        Done on the server before a cancellation propagates (the Outcome waits for it).
+        """
+        return bool(await self.release(hold, shared))
 
     def try_exclusive(self, gate: int, hold: int) -> asyncio.Future[Any]:
         """The fast path of an exclusive lock; resolves to ``(token or None, pid)``."""
         return self._queue(_Op(gate, hold, False))
 
     def release(self, hold: int, shared: bool) -> asyncio.Future[Any]:
-        """Unlock one grant's hold key on this session; resolves to None."""
+        """Unlock one grant's hold key on this session; resolves to the unlock's answer."""
         return self._queue(_Op(None, hold, shared))
 
     def _queue(self, op: _Op) -> asyncio.Future[Any]:
@@ -102,7 +120,7 @@ class Coalescer:
         if wake is not None and not wake.done():
             wake.set_result(None)
         elif self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+            self._worker = self._tasks.spawn(self._run(), name="postgres statement batches")
         return op.future
 
     async def _run(self) -> None:
@@ -164,8 +182,10 @@ class Coalescer:
             if op.gate is not None:
                 row = await conn.fetchrow(sql.try_exclusive, op.gate, op.hold)
                 return [(row[0], row[1])]
-            await conn.fetchrow(sql.unlock_shared if op.shared else sql.unlock_exclusive, op.hold)
-            return [None]
+            row = await conn.fetchrow(
+                sql.unlock_shared if op.shared else sql.unlock_exclusive, op.hold
+            )
+            return [row[0]]
         tries = [op for op in ops if op.gate is not None]
         releases = [op for op in ops if op.gate is None]
         row = await conn.fetchrow(
@@ -176,16 +196,22 @@ class Coalescer:
             [op.hold for op in tries],
         )
         tokens = iter(row[0] or [])
+        unlocked = iter(row[2] or [])
         pid = row[1]
-        return [None if op.gate is None else (next(tokens), pid) for op in ops]
+        return [next(unlocked) if op.gate is None else (next(tokens), pid) for op in ops]
 
 
 async def _wait_out(future: asyncio.Future[Any]) -> Any:
-    """Wait for ``future`` whatever happens to the caller; its result, or None."""
+    """Wait for an Outcome whatever happens to the caller; its result, or None."""
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait((future,))
-    if future.cancelled() or future.exception() is not None:
+            await future
+    return _result(future)
+
+
+def _result(future: asyncio.Future[Any]) -> Any:
+    """A done future's result; None if it failed (or, unfinished, if not done)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
         return None
     return future.result()
 

@@ -1,30 +1,46 @@
-"""One PostgreSQL connection of the backend (:class:`Session`), and task helpers.
+"""One PostgreSQL connection of the backend (:class:`Session`).
 
 A session-level advisory lock belongs to the server session (connection) that took it, so a
-:class:`Session` records the grants whose locks it holds, and its statements run in tasks
-of their own (``submit``) so that a cancelled caller never cuts a lock statement short.
-``drain`` and ``finish`` are the two ways a cancellation path waits for such a task.
-``Sessions`` (``_pg_session.py``) opens, lends and closes them.
+:class:`Session` records the grants whose locks it holds. A statement that can take or
+drop a lock is never cut short by a cancelled caller: it runs under
+:func:`agentlocks._tasks.finish` (``run``, ``fetch``), or in the session's worker
+(``_pg_batch.py``). ``Sessions`` (``_pg_session.py``) opens, lends and closes them.
+
+Server-side lease. A session that holds grants carries ``idle_session_timeout`` (PostgreSQL
+>= 14): if nothing reaches it for that long (its client was cut off silently, or its event
+loop stalled), the server ends the session and frees its locks. Every statement resets the
+server's idle clock, so renewals and liveness pings keep a healthy holder's session busy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import anyio
-
+from agentlocks._tasks import finish
 from agentlocks.errors import BackendError
 
 from ._base import Grant
 from ._pg_batch import Coalescer
 from ._pg_sql import Sql
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from agentlocks._tasks import TaskSupervisor
+
+#: The setting a session's server-side lease is kept in (PostgreSQL >= 14). On older
+#: servers a custom placeholder of the same value is set instead: harmless, and it keeps
+#: one statement text for every server.
+IDLE_TIMEOUT = "idle_session_timeout"
+IDLE_TIMEOUT_OLD = "agentlocks.idle_session_timeout"
+
+
+def timeout_ms(seconds: float) -> str:
+    """``seconds`` as the whole milliseconds ``idle_session_timeout`` takes (0: none)."""
+    return "0" if seconds <= 0 else str(max(1, math.ceil(seconds * 1000)))
 
 
 class PgBouncerDetected(BackendError):
@@ -39,11 +55,20 @@ class Session:
     """One connection and the grants whose advisory locks it holds."""
 
     __slots__ = (
-        "closing", "coalescer", "conn", "dead", "grants", "last_ok", "lock", "on_close",
-        "pending", "pid", "shared",
+        "closing", "coalescer", "conn", "dead", "grants", "guc", "idle_timeout", "last_ok",
+        "lock", "on_close", "pending", "pid", "pinging", "shared",
     )  # fmt: skip
 
-    def __init__(self, conn: Any, shared: bool, pid: int, sql: Sql | None = None) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        shared: bool,
+        pid: int,
+        sql: Sql | None = None,
+        tasks: TaskSupervisor | None = None,
+        idle_timeout: float = 0.0,
+        guc: str = IDLE_TIMEOUT,
+    ) -> None:
         self.conn = conn
         # From ``pg_backend_pid()``, not the startup message: a pooler such as PgBouncer
         # hands out pids of its own there.
@@ -56,8 +81,17 @@ class Session:
         self.closing = False  # we are closing it on purpose: not a loss
         self.last_ok = time.monotonic()
         self.on_close: Callable[[Any], None] | None = None
+        # The server-side lease (seconds of idleness after which the server ends the
+        # session; 0: none) and the setting that holds it on this server.
+        self.idle_timeout = idle_timeout
+        self.guc = guc
+        self.pinging: Any = None  # the liveness ping in flight, if any
         # Shared sessions coalesce their queued fast paths and releases (``_pg_batch.py``).
-        self.coalescer = Coalescer(self, sql) if shared and sql is not None else None
+        self.coalescer = (
+            Coalescer(self, sql, tasks)
+            if shared and sql is not None and tasks is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         role = "shared" if self.shared else "spare"
@@ -66,35 +100,26 @@ class Session:
     async def run(self, sql: str, *args: object) -> Any:
         """Run one statement (serialised on this connection); return its first row.
 
-        The statement runs in a task of its own and a cancelled caller waits for it: a
-        statement is never cut short on the server (see ``submit``).
+        Never cut short by a cancelled caller (it runs under ``finish``): cancelling a
+        statement makes asyncpg send the server a cancel request, which can land on a
+        *later* statement of the same connection, and a lock statement cut short half way
+        leaves locks that nobody owns. So only a spare's server-side wait is ever
+        cancelled (``execute``), after which the spare is scrubbed.
         """
-        task = self.submit(sql, *args)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await drain(task)
-            raise
+        return await finish(self._execute(sql, args, False))
 
     async def fetch(self, sql: str, *args: object) -> list[Any]:
-        """Run one statement (serialised on this connection); return all its rows."""
-        task = asyncio.get_running_loop().create_task(self._execute(sql, args, True))
-        try:
-            rows: list[Any] = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await drain(task)
-            raise
+        """Run one statement like ``run``; return all its rows."""
+        rows: list[Any] = await finish(self._execute(sql, args, True))
         return rows
 
-    def submit(self, sql: str, *args: object) -> asyncio.Task[Any]:
-        """Run the statement in a task of its own, so a cancelled caller cannot cut it short.
+    async def execute(self, sql: str, *args: object) -> Any:
+        """Run one statement in the caller's task; return its first row.
 
-        Cancelling a statement makes asyncpg send the server a cancel request, which can
-        land on a *later* statement of the same connection; a lock statement cut short
-        half way leaves locks that nobody owns. So only the backend itself cancels a
-        statement, and only a spare's wait (after which the spare is scrubbed).
+        Cancellable: for a spare's wait in the server queue (its cancellation is sent to
+        the server) and for statements already running under ``finish``.
         """
-        return asyncio.get_running_loop().create_task(self._execute(sql, args, False))
+        return await self._execute(sql, args, False)
 
     async def _execute(self, sql: str, args: tuple[object, ...], all_rows: bool) -> Any:
         self.pending += 1
@@ -126,41 +151,3 @@ def driver_dsn(url: str, ours: frozenset[str]) -> str:
     scheme = "postgresql" if parts.scheme.lower() in ("postgres", "postgresql") else parts.scheme
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ours]
     return urlunsplit(parts._replace(scheme=scheme, query=urlencode(query)))
-
-
-async def drain(task: asyncio.Future[Any]) -> Any:
-    """Wait for ``task`` even if the caller is cancelled; return its result or None.
-
-    Used on cancellation paths: the statement must finish (and be undone) before the
-    caller's cancellation propagates, or a lock could outlive its request.
-    """
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            # A native task.cancel() is not stopped by anyio's shield; the caller re-raises
-            # its cancellation once cleanup is done, so a repeat can be ignored here.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((task,))
-    if task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
-
-
-async def finish(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a cleanup step to its end even if the caller is cancelled meanwhile.
-
-    The step runs in a task of its own; once it is done, a cancellation that arrived
-    while waiting is raised again (after the step, never instead of it).
-    """
-    task = asyncio.get_running_loop().create_task(coro)
-    cancelled = False
-    with anyio.CancelScope(shield=True):
-        while not task.done():
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError:
-                cancelled = True
-    if cancelled:
-        if not task.cancelled():
-            task.exception()  # seen: the cancellation is what the caller gets
-        raise asyncio.CancelledError
-    return task.result()

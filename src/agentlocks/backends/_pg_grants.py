@@ -5,8 +5,8 @@ this module runs the statements and keeps the books: every grant is recorded on 
 session whose advisory lock it is (``Session.grants``) and in the resource's
 ``KeyState.holders``, so a lost connection can report exactly the grants it took along.
 
-Hazards, each handled where it arises: a cancelled caller (the statement finishes in its
-own task and what it granted is released before the cancellation propagates), a grant
+Hazards, each handled where it arises: a cancelled caller (the statement finishes under
+``finish`` and what it granted is released before the cancellation propagates), a grant
 racing the cancellation of a server-side wait (``Sessions.scrub``), a connection lost
 between the statement and its recording (the grant is refused), and requests granted
 together with the head of the queue (``KeyState.hand_out``).
@@ -19,13 +19,13 @@ import contextlib
 import time
 from typing import Any
 
-import anyio
 import asyncpg
 
+from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks.errors import BackendError
 
 from ._base import Grant, describe
-from ._pg_connection import PgBouncerDetected, Session, drain, finish
+from ._pg_connection import PgBouncerDetected, Session, timeout_ms
 from ._pg_liveness import Liveness
 from ._pg_queue import Hold, KeyState, Kind, Request
 from ._pg_session import Sessions
@@ -52,13 +52,14 @@ class Grants:
         liveness: Liveness,
         states: dict[str, KeyState],
         interval: float,
+        tasks: TaskSupervisor,
     ) -> None:
         self._sessions = sessions
         self._sql = sql
         self._liveness = liveness
         self._states = states
         self._interval = interval
-        self._background: set[asyncio.Task[None]] = set()
+        self._tasks = tasks
 
     def error(self, exc: BaseException) -> BackendError:
         """A driver error as the BackendError the user sees (password redacted)."""
@@ -67,18 +68,19 @@ class Grants:
     def release_later(self, grants: list[Grant]) -> None:
         """Release grants nobody wants (their requests were cancelled) in the background.
 
-        Their requests' cancellations have propagated already, so nothing waits for this;
-        ``aclose`` does.
+        Their requests' cancellations have propagated already, so nothing waits for this:
+        the supervisor owns the task and logs a failure with the key and token. Once the
+        supervisor is closed, the connections are closing too and take the locks along.
         """
         for grant in grants:
-            task = asyncio.get_running_loop().create_task(self.release(grant))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def aclose(self) -> None:
-        """Wait for the background releases."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            if self._tasks.closed:
+                return
+            self._tasks.spawn(
+                self.release(grant),
+                name="postgres background release",
+                key=describe(grant.resource),
+                token=grant.token,
+            )
 
     def drop_if_idle(self, resource: str, state: KeyState) -> None:
         """Forget a resource nobody of this process holds, decides on or waits for."""
@@ -91,68 +93,85 @@ class Grants:
         keys = state.keys
         session = await self._sessions.shared()
         batch = state.take_batch(request)
-        task: asyncio.Future[Any]
         if request.capacity is not None:
             held = state.slots_on(session)
-            task = session.submit(
+            return await self.granting(
+                session, Kind.SLOT, resource, state, request, lease_ttl,
                 self._sql.try_slots, keys.slot_base, request.capacity, held, 1 + len(batch),
                 keys.gate,
             )  # fmt: skip
-            kind = Kind.SLOT
-        elif request.shared:
-            task = session.submit(self._sql.try_shared, keys.gate, keys.hold, 1 + len(batch))
-            kind = Kind.SHARED_SESSION
-        else:
-            # Cancellation-safe by itself: a cancelled try leaves nothing held.
-            assert session.coalescer is not None
-            try:
-                row = await session.coalescer.try_exclusive_now(keys.gate, keys.hold)
-            except DRIVER_ERRORS as exc:
-                raise self.error(exc) from exc
-            grants = self.record(
-                row, session, Kind.SHARED_SESSION, resource, state, request, lease_ttl
-            )
-            return grants[0] if grants else None
-        return await self.granting(task, session, kind, resource, state, request, lease_ttl)
+        if request.shared:
+            return await self.granting(
+                session, Kind.SHARED_SESSION, resource, state, request, lease_ttl,
+                self._sql.try_shared, keys.gate, keys.hold, 1 + len(batch),
+            )  # fmt: skip
+        # Cancellation-safe by itself: a cancelled try leaves nothing held.
+        assert session.coalescer is not None
+        try:
+            row = await session.coalescer.try_exclusive_now(keys.gate, keys.hold)
+        except DRIVER_ERRORS as exc:
+            raise self.error(exc) from exc
+        grants = self.record(row, session, Kind.SHARED_SESSION, resource, state, request, lease_ttl)
+        if not grants:
+            return None
+        if grants[0].lease_ttl > session.idle_timeout:
+            await self._longer_lease(session, grants[0])
+        return grants[0]
+
+    async def _longer_lease(self, session: Session, grant: Grant) -> None:
+        """Raise the session's server-side lease to ``grant``'s TTL before handing it out.
+
+        Only for a ``lease_ttl`` longer than the session's (the coordinator's default is
+        what shared sessions open with). Invariant: a cancelled caller gives the grant back.
+        """
+        try:
+            await finish(self._liveness.raise_lease(session))
+        except asyncio.CancelledError:
+            await finish(self.release(grant))
+            raise
 
     async def granting(
         self,
-        task: asyncio.Future[Any],
         session: Session,
         kind: Kind,
         resource: str,
         state: KeyState,
         request: Request,
         lease_ttl: float,
+        sql: str,
+        *args: object,
     ) -> Grant | None:
-        """Await a statement that may grant ``request`` and its batch; hand the grants out.
+        """Run a statement that may grant ``request`` and its batch; hand the grants out.
 
-        If the caller is cancelled meanwhile, the statement still finishes: its followers
-        get their grants, and the caller's own grant is released before the cancellation
-        propagates (invariant: nothing a cancelled request took survives it).
+        If the caller is cancelled meanwhile, the statement still finishes (``finish``):
+        its followers get their grants, and the caller's own grant is released before the
+        cancellation propagates (invariant: nothing a cancelled request took survives it).
         """
+        mine: list[Grant] = []
+
+        async def step() -> None:
+            try:
+                row = await session.execute(sql, *args)
+            except DRIVER_ERRORS as exc:
+                _hand_out(state, request, [])
+                raise self.error(exc) from exc
+            try:
+                grants = self.record(row, session, kind, resource, state, request, lease_ttl)
+            except BaseException:
+                _hand_out(state, request, [])
+                raise
+            self.release_later(_hand_out(state, request, grants[1:]))
+            if grants:
+                mine.append(grants[0])
+                await self._liveness.raise_lease(session)
+
         try:
-            row = await asyncio.shield(task)
+            await finish(step())
         except asyncio.CancelledError:
-            with anyio.CancelScope(shield=True):
-                row = await drain(task)
-                grants: list[Grant] = []
-                with contextlib.suppress(BackendError):
-                    grants = self.record(row, session, kind, resource, state, request, lease_ttl)
-                self.release_later(_hand_out(state, request, grants[1:]))
-                if grants:
-                    await self.release(grants[0])
+            if mine:
+                await finish(self.release(mine[0]))
             raise
-        except DRIVER_ERRORS as exc:
-            _hand_out(state, request, [])
-            raise self.error(exc) from exc
-        try:
-            grants = self.record(row, session, kind, resource, state, request, lease_ttl)
-        except BaseException:
-            _hand_out(state, request, [])
-            raise
-        self.release_later(_hand_out(state, request, grants[1:]))
-        return grants[0] if grants else None
+        return mine[0] if mine else None
 
     def record(
         self,
@@ -224,21 +243,23 @@ class Grants:
         keys = state.keys
         session = await self._spare_for(state, request)
         sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
-        task = session.submit(sql, keys.gate, keys.hold)
+        lease = request.lease_ttl
+        session.idle_timeout = 0.0  # a clean spare; the wait sets its lease once granted
         try:
-            row = await asyncio.shield(task)
+            # The one statement that is cancelled on the server: the spare holds nothing
+            # but what this wait takes, and is scrubbed afterwards.
+            row = await session.execute(sql, keys.gate, keys.hold, session.guc, timeout_ms(lease))
         except asyncio.CancelledError:
             # Invariant: a cancelled request leaves no place in the server queue and no
-            # lock. Cancel the server-side wait, then release whatever it took (the gate,
-            # or the whole grant if it raced the cancellation) before propagating.
-            with anyio.CancelScope(shield=True):
-                task.cancel()
-                await drain(task)
-                await self._sessions.scrub(session)
+            # lock. asyncpg has sent the cancel request; release whatever the wait took
+            # (the gate, or the whole grant if it raced the cancellation) before
+            # propagating, even under repeated cancels.
+            await finish(self._sessions.scrub(session))
             raise
         except DRIVER_ERRORS as exc:
             await self._sessions.close(session)
             raise self.error(exc) from exc
+        session.idle_timeout = lease
         try:
             (grant,) = self.record(row, session, Kind.PINNED, resource, state, request, lease_ttl)
         except BackendError:
@@ -252,15 +273,11 @@ class Grants:
         keys = state.keys
         assert request.capacity is not None
         gatekeeper = await self._spare_for(state, request)
-        task = gatekeeper.submit(self._sql.wait_gate, keys.gate)
         try:
-            row = await asyncio.shield(task)
+            row = await gatekeeper.execute(self._sql.wait_gate, keys.gate)
             gatekeeper.check_pid(row[0])
         except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                task.cancel()
-                await drain(task)
-                await self._sessions.scrub(gatekeeper)
+            await finish(self._sessions.scrub(gatekeeper))
             if isinstance(exc, DRIVER_ERRORS):
                 raise self.error(exc) from exc
             raise
@@ -278,12 +295,11 @@ class Grants:
                 session = await self._sessions.shared()
                 held = state.slots_on(session)
                 batch = state.take_batch(request)
-                task = session.submit(
-                    self._sql.take_slots, keys.slot_base, request.capacity, held, 1 + len(batch)
-                )
                 grant = await self.granting(
-                    task, session, Kind.SLOT, resource, state, request, lease_ttl
-                )
+                    session, Kind.SLOT, resource, state, request, lease_ttl,
+                    self._sql.take_slots, keys.slot_base, request.capacity, held,
+                    1 + len(batch),
+                )  # fmt: skip
                 if grant is None:
                     # Pushed by NOTIFY; the timeout only covers a holder that died silently.
                     with contextlib.suppress(TimeoutError):
@@ -306,11 +322,18 @@ class Grants:
 
     # -- release, renew, verify ------------------------------------------------------------------
 
-    async def release(self, grant: Grant) -> None:
+    async def release(self, grant: Grant) -> bool:
+        """Release ``grant``; True if its session still held it (False: gone, lost).
+
+        Runs to its end on the server even if the caller is cancelled, repeatedly
+        (``PostgresBackend.release_finishes``): nothing below suspends before the unlock
+        is queued, a fast-path unlock waits on an Outcome (``_pg_batch.py``) and the
+        others run under ``finish``. The caller's cancellation is raised afterwards.
+        """
         hold = grant.handle
         assert isinstance(hold, Hold)
         if hold.released:
-            return  # idempotent; also after the grant was lost
+            return False  # idempotent; also after the grant was lost with its connection
         hold.released = True
         if hold.holders is not None:
             hold.holders.discard(grant)
@@ -321,44 +344,33 @@ class Grants:
             state.holders.pop(grant, None)
             self.drop_if_idle(grant.resource, state)
         if session.dead:
-            return  # the server released it with the connection
-        sql = self._sql
-        task: asyncio.Future[Any]
-        if hold.kind is Kind.SLOT:
-            task = session.submit(sql.release_slot, hold.key, hold.keys.channel)
-        elif hold.kind is Kind.PINNED:
-            unlock = sql.unlock_pinned_shared if grant.shared else sql.unlock_pinned_exclusive
-            task = session.submit(unlock, hold.keys.gate, hold.keys.hold)
-        else:
+            return False  # the server released it with the connection
+        if hold.kind is Kind.SHARED_SESSION:
             assert session.coalescer is not None
             try:
-                await session.coalescer.release_now(hold.key, grant.shared)
+                return await session.coalescer.release_now(hold.key, grant.shared)
             except DRIVER_ERRORS as exc:
                 if session.dead or session.conn.is_closed():
-                    return
+                    return False
                 raise self.error(exc) from exc
-            return
+        return await finish(self._unlock(grant, hold, session))
+
+    async def _unlock(self, grant: Grant, hold: Hold, session: Session) -> bool:
+        """Unlock a slot or a pinned grant; a pinned spare goes back clean, or is closed."""
+        sql = self._sql
         try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The unlock completes before the cancellation propagates, and a spare that
-            # held the grant goes back clean (or is closed if the unlock failed).
-            with anyio.CancelScope(shield=True):
-                await drain(task)
-                if hold.kind is Kind.PINNED:
-                    await self._settle_spare(session, task)
-            raise
+            if hold.kind is Kind.SLOT:
+                row = await session.execute(sql.release_slot, hold.key, hold.keys.channel)
+            else:
+                unlock = sql.unlock_pinned_shared if grant.shared else sql.unlock_pinned_exclusive
+                row = await session.execute(unlock, hold.keys.gate, hold.keys.hold, session.guc)
         except DRIVER_ERRORS as exc:
             if hold.kind is Kind.PINNED:
                 await self._sessions.close(session)
             if session.dead or session.conn.is_closed():
-                return
+                return False
             raise self.error(exc) from exc
         if hold.kind is Kind.PINNED:
-            await finish(self._sessions.give_back(session))
-
-    async def _settle_spare(self, session: Session, unlock: asyncio.Future[Any]) -> None:
-        if unlock.cancelled() or unlock.exception() is not None:
-            await self._sessions.close(session)
-        else:
+            session.idle_timeout = 0.0
             await self._sessions.give_back(session)
+        return bool(row[0])

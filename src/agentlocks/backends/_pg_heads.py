@@ -11,12 +11,13 @@ rows at a time (``Sql.sweep_heads``): enough to keep up, since a swap adds at mo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Final
 
+from agentlocks._tasks import finish
+
 from ._base import HeadSwap
-from ._pg_connection import Session, drain
+from ._pg_connection import Session
 from ._pg_grants import DRIVER_ERRORS
 from ._pg_session import Sessions
 from ._pg_sql import Sql
@@ -89,9 +90,4 @@ class PgHeads:
                     session.conn, self._sql.heads, self._sql.bootstrap_heads
                 )
 
-        task = asyncio.get_running_loop().create_task(create())
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await drain(task)
-            raise
+        await finish(create())

@@ -1,82 +1,129 @@
-"""Liveness checks of the PostgreSQL sessions that hold grants.
+"""Liveness checks and server-side leases of the PostgreSQL sessions.
 
 A connection that ends is noticed at once (asyncpg's termination callback). One that
-silently stops answering (a network partition, a frozen server) is not; so while any
-session holds a grant, each one not heard from for half an interval is pinged every
+silently stops answering (a network partition, a frozen server) is not; so each session
+holding a grant and not heard from for half an interval is pinged every
 ``liveness_interval`` seconds, and a session that does not answer within the interval is
 dropped. Dropping it reports its grants lost: the server may still hold them, but this
 process can no longer prove it, and a lease must never be reported held when it may not be.
+
+The same pings carry each session's *server-side lease* (``idle_session_timeout``, see
+``_pg_connection.py``): the server ends a session nothing reached for that long, so a
+holder cut off silently loses its locks on the server within about ``lease_ttl`` (through
+a proxy too, where TCP keepalives never fire: the server's socket stays healthy). So every
+session with a lease is pinged well within it, a third of the lease after its last answer,
+whether it holds grants or not, and each renewal (``PostgresBackend.renew``) pings every
+session holding the renewed grants. A ping also sets the lease to what the session's grants
+need now: the longest ``lease_ttl`` among them (a lease shorter than a grant's TTL could free
+the lock on the server before the holder counts it lost).
+
+Pings are never cancelled (a cancel request can land on a later lock statement of the
+connection): each runs in a supervised task of its own, and a caller that stops waiting
+(a renewal past its deadline) leaves it to finish or to drop its session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
 
 import asyncpg
 
+from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
-from ._pg_connection import Session
+from ._pg_connection import Session, timeout_ms
 from ._pg_session import Sessions
 
 logger = logging.getLogger("agentlocks")
 
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: Shortest tick of the liveness loop (seconds), whatever the leases.
+MIN_TICK = 0.05
 
 
 class Liveness:
-    """The periodic check, running only while some session holds a grant."""
+    """Pings the sessions of one backend: liveness of their grants, their server leases."""
 
-    def __init__(self, sessions: Sessions, ping_sql: str, interval: float) -> None:
+    def __init__(
+        self, sessions: Sessions, ping_sql: str, interval: float, tasks: TaskSupervisor
+    ) -> None:
         self._sessions = sessions
         self._ping_sql = ping_sql
         self._interval = interval
+        self._tasks = tasks
         self._task: asyncio.Task[None] | None = None
 
     def watch(self) -> None:
-        """Make sure the check runs (called whenever a grant is recorded)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="agentlocks-pg-liveness"
-            )
+        """Make sure the loop runs (a session opened, or a grant was recorded)."""
+        if (self._task is None or self._task.done()) and not self._tasks.closed:
+            self._task = self._tasks.spawn(self._run(), name="postgres liveness")
+
+    def lease_for(self, session: Session) -> float:
+        """The server-side lease ``session`` needs now (seconds; 0: none)."""
+        if session.grants:
+            return max(g.lease_ttl for g in session.grants)
+        return self._sessions.lease_ttl if session.shared else 0.0
+
+    def _tick(self) -> float:
+        leases = [s.idle_timeout for s in self._sessions.sessions() if s.idle_timeout > 0]
+        return max(MIN_TICK, min([self._interval / 2, *(t / 3 for t in leases)]))
 
     async def _run(self) -> None:
-        while any(s.grants for s in self._sessions.sessions()):
-            await asyncio.sleep(self._interval)
-            await self.check(s for s in self._sessions.sessions() if s.grants)
+        while self._sessions.sessions():
+            await asyncio.sleep(self._tick())
+            now = time.monotonic()
+            for session in self._sessions.sessions():
+                quiet = now - session.last_ok
+                held = bool(session.grants) and quiet >= self._interval / 2
+                lease = session.idle_timeout > 0 and quiet >= session.idle_timeout / 3
+                # Not while a statement runs on it (pending): that statement keeps the
+                # server's idle clock still, and a ping queued behind a spare's long wait
+                # would time out and drop a healthy waiter.
+                busy = session.pending > 0 or session.pinging is not None
+                if (held or lease) and not session.dead and not busy:
+                    session.pinging = self.ping(session)
+            await self._sessions.give_back_unused()
 
-    async def check(self, sessions: Iterable[Session]) -> None:
-        """Ping each session not heard from lately; drop the ones that do not answer."""
-        now = time.monotonic()
-        stale = {s for s in sessions if not s.dead and now - s.last_ok >= self._interval / 2}
-        await asyncio.gather(*(self._ping(s) for s in stale))
+    def ping(self, session: Session) -> asyncio.Task[None]:
+        """Ping ``session`` in a task of its own (renewing its lease); return the task."""
+        return self._tasks.spawn(self._ping(session), name=f"postgres ping pid={session.pid}")
+
+    async def renew(self, sessions: Iterable[Session]) -> None:
+        """Ping each session now and wait for the answers (cancelling stops the wait only)."""
+        pings = [self.ping(s) for s in sessions if not s.dead]
+        if pings:
+            await asyncio.wait(pings)
+
+    async def raise_lease(self, session: Session) -> None:
+        """Raise ``session``'s server-side lease to what a new grant needs, before use."""
+        if self.lease_for(session) > session.idle_timeout and not session.dead:
+            await self._ping(session)
 
     async def _ping(self, session: Session) -> None:
-        task = session.submit(self._ping_sql)
-        task.add_done_callback(_retrieve)
+        want = self.lease_for(session)
+        # Not cancelled on timeout (see Session.run): the session is dropped instead, which
+        # ends the statement with the connection.
+        timer = asyncio.get_running_loop().call_later(
+            self._interval, self._drop, session, "no answer in time"
+        )
         try:
-            # Not cancelled on timeout (see Session.submit): the session is dropped instead.
-            row = await asyncio.wait_for(asyncio.shield(task), self._interval)
+            row = await session.execute(self._ping_sql, session.guc, timeout_ms(want))
             session.check_pid(row[0])
-        except (TimeoutError, BackendError, *_DRIVER_ERRORS) as exc:
-            if not session.dead:
-                logger.warning("dropping PostgreSQL session pid=%s: %r", session.pid, exc)
-                self._sessions.kill(session)  # its termination reports the grants lost
+            session.idle_timeout = want
+        except (BackendError, *_DRIVER_ERRORS) as exc:
+            self._drop(session, exc)
+        finally:
+            timer.cancel()
+            if session.pinging is asyncio.current_task():
+                session.pinging = None
+
+    def _drop(self, session: Session, reason: object) -> None:
+        if not session.dead and not session.closing:
+            logger.warning("dropping PostgreSQL session pid=%s: %s", session.pid, reason)
+            self._sessions.kill(session)  # its termination reports the grants lost
 
     async def aclose(self) -> None:
-        """Stop the check."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-def _retrieve(task: asyncio.Task[object]) -> None:
-    """Mark a ping's outcome seen (it may fail after its session was dropped)."""
-    if not task.cancelled():
-        task.exception()
+        """Nothing to do: the supervisor ends the loop and the pings."""

@@ -9,6 +9,8 @@ from typing import Final
 
 from agentlocks.errors import ConfigError
 
+from ._pg_sql import DEFAULT_SCHEMA
+
 #: Option names accepted in the URL query or as ``connect()`` keywords.
 OPTION_NAMES: Final = frozenset(
     {
@@ -41,8 +43,8 @@ class PgOptions:
             that already holds a grant may exceed it (see ``_pg_spares.py``).
         spare_patience: Seconds a wait queues for a spare before it takes one beyond
             ``max_spares`` (a soft bound: leases held across tasks cannot deadlock on it).
-        schema: Schema of the token sequence and the generation table (None: the first
-            schema of ``search_path``).
+        schema: Schema of the token sequence and the generation table: always
+            schema-qualified, so every role shares them whatever its ``search_path``.
         application_name: Shown in ``pg_stat_activity`` for this backend's connections.
     """
 
@@ -52,7 +54,7 @@ class PgOptions:
     max_idle: int = 4
     max_spares: int = 32
     spare_patience: float = 1.0
-    schema: str | None = None
+    schema: str = DEFAULT_SCHEMA
     application_name: str = "agentlocks"
 
 
@@ -73,8 +75,8 @@ def _positive(options: Mapping[str, object], name: str, default: float, integer:
 
 def parse_options(options: Mapping[str, object]) -> PgOptions:
     """Validate the backend options (strings from a URL query, or keyword values)."""
-    schema = options.get("schema")
-    if schema is not None and (not isinstance(schema, str) or not schema):
+    schema = options.get("schema", DEFAULT_SCHEMA)
+    if not isinstance(schema, str) or not schema:
         raise ConfigError(f"schema must be a non-empty str, got {schema!r}")
     app = options.get("application_name", _DEFAULTS.application_name)
     if not isinstance(app, str):

@@ -18,6 +18,17 @@ so a release is never stuck behind a wait. A session is handed back to a user-su
 pool only when it holds nothing (asyncpg's reset also runs ``pg_advisory_unlock_all``).
 When a connection ends for any reason the server has released its locks; the
 ``on_dead`` callback then reports every grant it held as lost.
+
+Server-side lease. Shared sessions carry ``idle_session_timeout`` = the coordinator's
+``lease_ttl`` from the moment they open (the fast path sends no extra statement), a spare
+from the moment its wait is granted (``Sql.wait_exclusive``) until its grant is released.
+The liveness loop (``_pg_liveness.py``) keeps every such session busy well within it.
+
+A borrowed pool (``connect(postgres=pool)``) is shared with the application: this backend
+keeps at most half of the pool's ``max_size`` (``pool_size`` and ``max_spares`` shrink to
+fit), waits for the pool instead of failing when it is exhausted (bounded by the caller's
+timeout, FIFO as asyncpg's pool is), and gives connections back once they stayed unused
+for ``IDLE_LINGER`` seconds, with the settings it changed reset.
 """
 
 from __future__ import annotations
@@ -26,17 +37,19 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import anyio
 import asyncpg
 
+from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks.errors import BackendError
 
-from ._pg_connection import ServerFull, Session, drain
+from ._pg_connection import IDLE_TIMEOUT, IDLE_TIMEOUT_OLD, ServerFull, Session, timeout_ms
 from ._pg_spares import SpareBudget
 from ._pg_sql import Sql
+
+T = TypeVar("T")
 
 #: Advisory key serialising the creation of the token sequence and the generation table.
 _BOOTSTRAP_KEY = 0x61676E746C6B73  # "agntlks"
@@ -62,12 +75,23 @@ class Sessions:
         connect_timeout: float,
         application_name: str,
         on_dead: Callable[[Session], None],
+        tasks: TaskSupervisor,
+        lease_ttl: float,
     ) -> None:
         self._dsn = dsn
         self._redacted = redacted
         self._password = password
         self._pool = pool
         self._sql = sql
+        self._tasks = tasks
+        self.lease_ttl = lease_ttl  # a shared session's server-side lease
+        if pool is not None:
+            # Borrowed, not taken: keep at most half of the pool, so the application's
+            # own queries always find a connection while locks are held.
+            room = max(1, _pool_max_size(pool) // 2)
+            pool_size = min(pool_size, max(1, room // 2))
+            max_spares = min(max_spares, max(1, room - pool_size))
+            max_idle = 0  # idle spares go back to the pool after IDLE_LINGER
         self._pool_size = pool_size
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
@@ -86,6 +110,7 @@ class Sessions:
         self._bootstrapped = False
         self._table_ready = False
         self._closed = False
+        self.on_open: Callable[[], None] | None = None  # a session opened (liveness)
 
     def __len__(self) -> int:
         return len(self._all) + (self._listener is not None)
@@ -112,37 +137,83 @@ class Sessions:
             text = text.replace(self._password, "***")
         return BackendError(f"PostgreSQL error {doing} {self._redacted}: {text}")
 
-    async def _connect(self) -> Any:
+    async def _connect(self, then: Callable[[Any], Awaitable[T]]) -> T:
+        """A new connection (direct), or one borrowed from the pool, passed to ``then``.
+
+        A borrowed pool that is exhausted is waited for (FIFO in asyncpg's pool), bounded
+        by the caller's own timeout, not failed after ``connect_timeout``: its connections
+        are the application's, and come back. The rest runs under ``finish`` (asyncpg's
+        connect leaks its socket if cancelled half-way); if the caller was cancelled
+        meanwhile, ``then``'s result is handed to ``keep`` instead of being lost.
+        """
         if self._closed:
             raise BackendError("the PostgreSQL backend is closed")
+        borrowed = None
+        if self._pool is not None:
+            try:
+                borrowed = await self._pool.acquire()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                raise self.error(e, "borrowing a connection from the pool of") from e
+        made: list[T] = []
+
+        async def step() -> None:
+            conn = borrowed if borrowed is not None else await self._connect_direct()
+            try:
+                if not self._bootstrapped:
+                    await self._bootstrap_tokens(conn)
+                    self._bootstrapped = True
+            except BaseException:
+                await self._close_conn(conn)
+                raise
+            made.append(await then(conn))
+
         try:
-            with anyio.fail_after(self._connect_timeout):
-                if self._pool is not None:
-                    conn = await self._pool.acquire()
-                else:
-                    conn = await asyncpg.connect(
-                        self._dsn,
-                        timeout=self._connect_timeout,
-                        server_settings={"application_name": self._application_name},
-                    )
+            await finish(step())
+        except asyncio.CancelledError:
+            if made:
+                await finish(self._keep(made[0]))
+            raise
+        return made[0]
+
+    async def _keep(self, made: object) -> None:
+        """What a cancelled caller opened: kept for the next caller (closed once closed)."""
+        if isinstance(made, Session):
+            if self._closed:
+                await self.close(made)
+            elif made.shared:
+                self._shared.append(made)
+            else:
+                await self.give_back(made)
+        else:
+            await self._close_conn(made)
+
+    async def _connect_direct(self) -> Any:
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await asyncpg.connect(
+                    self._dsn,
+                    timeout=self._connect_timeout,
+                    server_settings={"application_name": self._application_name},
+                )
         except asyncpg.TooManyConnectionsError as exc:
             text = self.error(exc, "connecting to")
             raise ServerFull(f"{text} (no connection slot free on the server)") from exc
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self.error(exc, "connecting to") from exc
-        try:
-            if not self._bootstrapped:
-                await self._bootstrap(conn, self._sql.sequence, self._sql.bootstrap_sequence)
-                self._bootstrapped = True
-        except BaseException:
-            await self._close_conn(conn)
-            raise
-        return conn
 
-    async def _bootstrap(self, conn: Any, name: str, ddl: str) -> None:
-        """Create a sequence or table on first use; concurrent creators serialise."""
+    async def _bootstrap_tokens(self, conn: Any) -> None:
+        sql = self._sql
         try:
-            if await conn.fetchval(self._sql.exists, name):
+            if not await conn.fetchval(sql.schema_exists, sql.schema):
+                await self._bootstrap(conn, sql.schema, sql.bootstrap_schema, sql.schema_exists)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self.error(exc, f"looking for schema {sql.schema!r} on") from exc
+        await self._bootstrap(conn, sql.sequence, sql.bootstrap_sequence)
+
+    async def _bootstrap(self, conn: Any, name: str, ddl: str, exists: str | None = None) -> None:
+        """Create a schema, sequence or table on first use; concurrent creators serialise."""
+        try:
+            if await conn.fetchval(exists or self._sql.exists, name):
                 return
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_KEY)
@@ -151,7 +222,7 @@ class Sessions:
             raise self.error(exc, f"creating {name} on") from exc
 
     async def ensure_table(self, session: Session) -> None:
-        """Create the generation table on first use (never cut short: see Session.submit)."""
+        """Create the generation table on first use (never cut short: see Session.run)."""
         if self._table_ready:
             return
 
@@ -159,55 +230,45 @@ class Sessions:
             async with session.lock:
                 await self._bootstrap(session.conn, self._sql.table, self._sql.bootstrap_table)
 
-        task = asyncio.get_running_loop().create_task(create())
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await drain(task)
-            raise
+        await finish(create())
         self._table_ready = True
 
     async def _open(self, shared: bool) -> Session:
-        """Open a session; a cancelled caller does not leave a half-open connection.
+        """Open and configure a session; a cancelled caller leaves it for the next one."""
+        session = await self._connect(lambda conn: self._configure(conn, shared))
+        if self._closed:  # aclose() ran while it was being opened: it missed this one
+            await self.close(session)
+            raise BackendError("the PostgreSQL backend is closed")
+        return session
 
-        (asyncpg's ``connect`` leaks its socket if cancelled half-way, so the connection is
-        made in a task of its own; if the caller is cancelled, the new session is kept.)
-        """
-        task = asyncio.get_running_loop().create_task(self._open_now(shared))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            session = await drain(task)
-            if session is not None:
-                with anyio.CancelScope(shield=True):
-                    if shared:
-                        self._shared.append(session)
-                    else:
-                        await self.give_back(session)
-            raise
-
-    async def _open_now(self, shared: bool) -> Session:
-        conn = await self._connect()
+    async def _configure(self, conn: Any, shared: bool) -> Session:
         # Session settings a database default could set against us: a statement or lock
-        # timeout would abort a legitimate wait, an idle-session timeout would drop a
-        # session holding locks. A spare also asks the server to check its client every
-        # second while it waits, so a waiter whose process vanished leaves the lock queue
-        # instead of being granted a lock nobody will release until it next writes.
-        settings = ["statement_timeout", "lock_timeout"]
-        if conn.get_server_version() >= (14,):
-            settings.append("idle_session_timeout")
-        sql = ", ".join(f"set_config('{name}', '0', false)" for name in settings)
-        if not shared and conn.get_server_version() >= (14,):
+        # timeout would abort a legitimate wait. A shared session gets its server-side
+        # lease (idle_session_timeout = lease_ttl, see the module docstring); a spare gets
+        # one only while it holds a grant. A spare also asks the server to check its
+        # client every second while it waits, so a waiter whose process vanished leaves
+        # the lock queue instead of being granted a lock nobody will release.
+        modern = conn.get_server_version() >= (14,)
+        guc = IDLE_TIMEOUT if modern else IDLE_TIMEOUT_OLD
+        idle = self.lease_ttl if shared else 0.0
+        sql = (
+            "SELECT pg_backend_pid(), set_config('statement_timeout', '0', false),"
+            " set_config('lock_timeout', '0', false),"
+            f" set_config('{guc}', '{timeout_ms(idle)}', false)"
+        )
+        if not shared and modern:
             sql += ", set_config('client_connection_check_interval', '1000', false)"
         try:
-            pid = await conn.fetchval(f"SELECT pg_backend_pid(), {sql}")
+            pid = await conn.fetchval(sql)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_conn(conn)
             raise self.error(exc, "configuring a session on") from exc
-        session = Session(conn, shared, pid, self._sql)
+        session = Session(conn, shared, pid, self._sql, self._tasks, idle, guc)
         self._all[session.pid] = session
         session.on_close = lambda _conn: self._terminated(session)
         conn.add_termination_listener(session.on_close)
+        if self.on_open is not None:
+            self.on_open()
         return session
 
     def _terminated(self, session: Session) -> None:
@@ -222,26 +283,40 @@ class Sessions:
         if session.closing:
             return
         session.dead = True
+        if self._pool is not None and not self._tasks.closed:
+            # The pool still counts the connection as ours until it is released.
+            self._tasks.spawn(self._close_conn(session.conn, session), name="postgres give back")
         self._on_dead(session)
 
     async def _close_conn(self, conn: Any, session: Session | None = None) -> None:
+        """Close a connection, or give a borrowed one back to its pool (as it found it)."""
         if session is not None and session.on_close is not None:
             conn.remove_termination_listener(session.on_close)
             session.on_close = None
-        with anyio.CancelScope(shield=True):
-            try:
-                if self._pool is not None:
+        try:
+            if self._pool is not None:
+                if not conn.is_closed():
+                    guc = session.guc if session is not None else IDLE_TIMEOUT
+                    reset = "RESET statement_timeout; RESET lock_timeout"
+                    if guc == IDLE_TIMEOUT:
+                        reset += f"; RESET {guc}; RESET client_connection_check_interval"
+                    await asyncio.wait_for(conn.execute(reset), 2.0)
+                await self._pool.release(conn)
+            else:
+                await asyncio.wait_for(conn.close(), 2.0)
+        except Exception:
+            conn.terminate()
+            if self._pool is not None:
+                with contextlib.suppress(Exception):
                     await self._pool.release(conn)
-                else:
-                    await asyncio.wait_for(conn.close(), 2.0)
-            except Exception:
-                conn.terminate()
 
     async def close(self, session: Session) -> None:
         """Close a session on purpose. Grants still on it are lost (and reported)."""
         if session.coalescer is not None:
             session.coalescer.close()
         session.closing = not session.grants
+        if session.closing:
+            session.dead = True  # gone for every user (published ticket bits included)
         self._all.pop(session.pid, None)
         with contextlib.suppress(ValueError):
             self._shared.remove(session)
@@ -252,7 +327,7 @@ class Sessions:
             session.dead = True
             self._on_dead(session)
             session.closing = True
-        await self._close_conn(session.conn, session)
+        await finish(self._close_conn(session.conn, session))
 
     def kill(self, session: Session) -> None:
         """Drop a connection at once (its locks are released by the server)."""
@@ -355,7 +430,7 @@ class Sessions:
         self._idle.append(session)
         self._returned(session)  # after: the next in line finds it idle
         if len(self._idle) > self._max_idle and self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+            self._reaper = self._tasks.spawn(self._reap(), name="postgres idle spares")
 
     async def _reap(self) -> None:
         """Close the idle spares beyond ``max_idle`` that stayed unused for IDLE_LINGER."""
@@ -372,6 +447,19 @@ class Sessions:
         finally:
             self._reaper = None
 
+    async def give_back_unused(self) -> None:
+        """Give a borrowed pool back the shared sessions unused for IDLE_LINGER seconds.
+
+        Called by the liveness loop.
+        """
+        if self._pool is None:
+            return
+        now = time.monotonic()
+        for session in sorted(self._shared, key=lambda s: s.last_ok):
+            unused = not session.grants and session.pending == 0
+            if unused and now - session.last_ok >= IDLE_LINGER:
+                await self.close(session)
+
     async def scrub(self, session: Session) -> None:
         """Make a spare whose wait was interrupted clean again, or close it.
 
@@ -381,10 +469,10 @@ class Sessions:
         """
         for _ in range(2):
             try:
-                await session.run(self._sql.unlock_all)
+                await session.run(self._sql.unlock_all, session.guc)
             except asyncpg.QueryCanceledError:
                 continue
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # driver errors, and asyncpg's own confusion after a cancel
                 break
             await self.give_back(session)
             return
@@ -397,7 +485,7 @@ class Sessions:
         """Deliver NOTIFYs on ``channel`` to ``callback`` (one listener connection)."""
         async with self._listener_lock:
             if self._listener is None or self._listener.is_closed():
-                self._listener = await self._connect()
+                self._listener = await self._connect(_as_is)
             try:
                 await self._listener.add_listener(channel, callback)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -414,10 +502,19 @@ class Sessions:
     async def aclose(self) -> None:
         """Close every connection (the server releases whatever they still held)."""
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
         for session in list(self._all.values()):
             await self.close(session)
         if self._listener is not None:
-            await self._close_conn(self._listener)
+            await finish(self._close_conn(self._listener))
             self._listener = None
+
+
+def _pool_max_size(pool: Any) -> int:
+    """The borrowed pool's ``max_size`` (asyncpg ``Pool.get_max_size``; 10 if unknown)."""
+    get = getattr(pool, "get_max_size", None)
+    size = get() if callable(get) else None
+    return size if isinstance(size, int) and size > 0 else 10
+
+
+async def _as_is(conn: Any) -> Any:
+    return conn

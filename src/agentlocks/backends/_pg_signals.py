@@ -33,10 +33,9 @@ from typing import Any, Final
 
 import asyncpg
 
-from agentlocks._tasks import TaskSupervisor
+from agentlocks._tasks import TaskSupervisor, finish, settle
 
 from ._base import SignalCallback, deliver_safely
-from ._pg_connection import drain
 from ._pg_session import Sessions
 from ._pg_sql import Sql
 
@@ -125,13 +124,8 @@ class PgSignals:
             async with lock:
                 await self._sessions._bootstrap(conn, self._sql.table, self._sql.bootstrap)
 
-        # In a task of its own, like every statement of a shared session: never cut short.
-        task = asyncio.get_running_loop().create_task(create())
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await drain(task)
-            raise
+        # Never cut short, like every statement of a shared session.
+        await finish(create())
         self._table_ready = True
 
     async def send(self, resource: str, kind: str, ttl: float, mark: int | None) -> int:
@@ -176,7 +170,7 @@ class PgSignals:
         async with self._listen_lock:
             if self._listener is not None and not self._listener.is_closed():
                 return
-            conn = await self._sessions._connect()
+            conn = await self._sessions._connect(_as_is)
             try:
                 await conn.add_listener(self._channel, self._notified)
             except BaseException as exc:
@@ -253,4 +247,9 @@ class PgSignals:
             conn, self._listener = self._listener, None
             await self._close(conn)
         if self._closing is not None:
-            await drain(self._closing)
+            await settle(self._closing)
+
+
+async def _as_is(conn: Any) -> Any:
+    """``Sessions._connect``'s ``then`` for a connection used as it is (the listener)."""
+    return conn

@@ -72,6 +72,10 @@ def keys_for(namespace: str, resource: str) -> Keys:
     )
 
 
+#: Schema of the token sequence and the generation table unless the ``schema`` option says.
+DEFAULT_SCHEMA: Final = "public"
+
+
 def quote_ident(name: str) -> str:
     """Quote an SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
@@ -80,12 +84,17 @@ def quote_ident(name: str) -> str:
 class Sql:
     """Every statement, with the schema-qualified sequence and table names filled in."""
 
-    def __init__(self, schema: str | None) -> None:
-        prefix = "" if schema is None else quote_ident(schema) + "."
+    def __init__(self, schema: str = DEFAULT_SCHEMA) -> None:
+        # Always schema-qualified, never resolved through a role's search_path: every
+        # client of the database must draw tokens from the one sequence (guarantee 4).
+        self.schema = schema
+        prefix = quote_ident(schema) + "."
         self.sequence = prefix + "agentlocks_tokens"
         self.table = prefix + "agentlocks_generations"
         seq = self.sequence.replace("'", "''")
         nextval = f"nextval('{seq}')"
+        self.schema_exists = "SELECT to_regnamespace($1) IS NOT NULL"
+        self.bootstrap_schema = f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"
         self.bootstrap_sequence = (
             f"CREATE SEQUENCE IF NOT EXISTS {self.sequence} AS bigint CACHE 1 NO CYCLE"
         )
@@ -135,11 +144,11 @@ class Sql:
         # Coalesced fast paths and releases of one shared session (``_pg_batch.py``):
         # releases ($1 hold keys, $2 shared flags) first, then exclusive tries ($3 gates,
         # $4 holds) in order, each exactly like ``try_exclusive``. Returns (array of
-        # tokens or NULLs, in try order; backend pid).
+        # tokens or NULLs, in try order; backend pid; array of the unlocks' answers).
         self.batch = (
-            "WITH u AS MATERIALIZED (SELECT count(CASE WHEN s THEN pg_advisory_unlock_shared(k)"
-            " ELSE pg_advisory_unlock(k) END) AS n"
-            " FROM unnest($1::bigint[], $2::bool[]) AS x(k, s)),"
+            "WITH u AS MATERIALIZED (SELECT array_agg(CASE WHEN s THEN"
+            " pg_advisory_unlock_shared(k) ELSE pg_advisory_unlock(k) END ORDER BY i) AS n"
+            " FROM unnest($1::bigint[], $2::bool[]) WITH ORDINALITY AS x(k, s, i)),"
             " t AS MATERIALIZED (SELECT y.i, CASE"
             " WHEN NOT pg_try_advisory_lock_shared(y.g) THEN NULL"
             " WHEN pg_try_advisory_lock(y.h)"
@@ -151,24 +160,33 @@ class Sql:
         )
 
         # Queued path: wait in the server's FIFO queue for the gate, then for the hold.
-        # The session keeps both until release.
+        # The session keeps both until release. Once granted, the spare takes on the
+        # grant's server-side lease: setting $3 (``idle_session_timeout``) to $4 ms.
         def wait_lock(mode: str) -> str:
             return (
                 f"WITH g AS MATERIALIZED (SELECT pg_advisory_lock{mode}($1)),"
                 f" h AS MATERIALIZED (SELECT pg_advisory_lock{mode}($2) FROM g)"
-                f" SELECT {nextval}, pg_backend_pid() FROM h"
+                f" SELECT {nextval}, pg_backend_pid(), set_config($3::text, $4::text, false)"
+                " FROM h"
             )
 
         self.wait_exclusive = wait_lock("")
         self.wait_shared = wait_lock("_shared")
         self.unlock_exclusive = "SELECT pg_advisory_unlock($1)"
         self.unlock_shared = "SELECT pg_advisory_unlock_shared($1)"
-        # Pinned grants hold (gate, hold): $1 gate, $2 hold.
-        self.unlock_pinned_exclusive = "SELECT pg_advisory_unlock($2), pg_advisory_unlock($1)"
-        self.unlock_pinned_shared = (
-            "SELECT pg_advisory_unlock_shared($2), pg_advisory_unlock_shared($1)"
+        # Pinned grants hold (gate, hold): $1 gate, $2 hold; the spare's server-side lease
+        # ends with them ($3 as in the wait). Returns (hold unlocked, gate unlocked, _).
+        self.unlock_pinned_exclusive = (
+            "SELECT pg_advisory_unlock($2), pg_advisory_unlock($1),"
+            " set_config($3::text, '0', false)"
         )
-        self.unlock_all = "SELECT pg_advisory_unlock_all()"
+        self.unlock_pinned_shared = (
+            "SELECT pg_advisory_unlock_shared($2), pg_advisory_unlock_shared($1),"
+            " set_config($3::text, '0', false)"
+        )
+        # Scrubs a spare: every lock it has, and the server-side lease ($1) a grant that
+        # raced a cancellation may have set.
+        self.unlock_all = "SELECT pg_advisory_unlock_all(), set_config($1::text, '0', false)"
 
         # Semaphore slots ($1 slot base, $2 capacity, $3 slots this session already holds:
         # a session re-taking its own slot would succeed, advisory locks being re-entrant;
@@ -199,7 +217,9 @@ class Sql:
         )
         self.release_slot = "SELECT pg_advisory_unlock($1), pg_notify($2, '')"
 
-        self.ping = "SELECT pg_backend_pid()"
+        # Liveness ping; also renews the session's server-side lease: $1 the setting,
+        # $2 its value in ms (the idle clock restarts with every statement anyway).
+        self.ping = "SELECT pg_backend_pid(), set_config($1::text, $2::text, false)"
         self.holds = (
             "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND granted"
             " AND locktype = 'advisory' AND objsubid = 1"
@@ -261,8 +281,15 @@ class Sql:
         self.read_generation = (
             f"SELECT generation FROM {self.table} WHERE namespace = $1 AND name = $2"
         )
-        self.publish_generation = (
-            f"INSERT INTO {self.table} AS t (namespace, name, generation) VALUES ($1, $2, $3)"
+        # Fenced by the writer's grant, in one statement on the session that holds it: the
+        # row is written only while this session holds the hold key $4 exclusively (only
+        # this session could let go of it, and not while the statement runs). No row: the
+        # grant is gone and nothing was written. Generations only grow (GREATEST).
+        self.publish_generation_fenced = (
+            f"INSERT INTO {self.table} AS t (namespace, name, generation) SELECT $1, $2, $3"
+            " WHERE EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND granted"
+            " AND locktype = 'advisory' AND objsubid = 1 AND mode = 'ExclusiveLock'"
+            " AND ((classid::bigint << 32) | objid::bigint) = $4)"
             " ON CONFLICT (namespace, name) DO UPDATE"
             " SET generation = GREATEST(t.generation, EXCLUDED.generation) RETURNING generation"
         )

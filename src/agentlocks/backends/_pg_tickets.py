@@ -31,6 +31,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from agentlocks._tasks import TaskSupervisor
+
 from ._pg_connection import Session
 from ._pg_queue import KeyState
 from ._pg_session import Sessions
@@ -59,8 +61,10 @@ class WaitCounts:
         sessions: Sessions,
         sql: Sql,
         forget: Callable[[str, KeyState], None],
+        tasks: TaskSupervisor,
     ) -> None:
         self._sessions = sessions
+        self._tasks = tasks
         self._sql = sql
         self._forget = forget  # drops a key's state once it is idle
         self._dirty: dict[KeyState, None] = {}  # keys to bring up to date, in change order
@@ -69,12 +73,17 @@ class WaitCounts:
 
     def changed(self, state: KeyState) -> None:
         """A key's local queue changed: publish its new length at the next tick."""
-        if self._closed or state.ticket_pending or state.published == _length(state):
+        if (
+            self._closed
+            or self._tasks.closed
+            or state.ticket_pending
+            or state.published == _length(state)
+        ):
             return
         state.ticket_pending = True
         self._dirty[state] = None
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = self._tasks.spawn(self._flush(), name="postgres waiting counts")
 
     async def _flush(self) -> None:
         try:

@@ -50,9 +50,12 @@ the lent spares wait for), and a wait queued for ``spare_patience`` seconds (def
 takes a spare beyond the bound (a lease handed to another task escapes the first rule).
 So a coordinator keeps about ``pool_size + max_spares + 1`` connections.
 
-Fencing tokens come from one sequence (``agentlocks_tokens``, created on first use,
+Fencing tokens come from one sequence (``<schema>.agentlocks_tokens``, always
+schema-qualified, never resolved through a role's ``search_path``; created on first use,
 ``CACHE 1``), drawn in the granting statement after the hold is taken: strictly
-increasing per key (in fact per database) across every client and server restart.
+increasing per key (in fact per database) across every client, role and server restart.
+Registry generations (``<schema>.agentlocks_generations``) are published by one statement
+on the writer's own session that writes only while that session holds the lock.
 
 Lost leases. PostgreSQL releases a session's advisory locks when its connection ends: a
 crashed holder's locks are free as soon as the server reads the closed socket, and a
@@ -60,12 +63,13 @@ waiting session whose client vanished leaves the queue within a second
 (``client_connection_check_interval``, PostgreSQL >= 14). When one of this process's
 connections ends (terminated backend, network drop), asyncpg's termination callback
 reports every grant on it to ``on_lost`` at once; the coordinator cancels the holders'
-blocks. A liveness check (``_pg_liveness.py``) pings every ``liveness_interval`` seconds
-(default 2) each session that holds grants and drops one that does not answer in time,
-bounding how late a silent loss is noticed. ``renew`` runs the same check for the grants
-the coordinator tracks; a PostgreSQL lease lives as long as its connection, whatever its
-``lease_ttl``. Sessions turn off ``statement_timeout``, ``lock_timeout`` and
-``idle_session_timeout``, any of which a database default could set against them.
+blocks. A silent holder (partitioned, or its loop stalled) is freed by the server itself:
+sessions holding grants carry ``idle_session_timeout`` = ``lease_ttl`` (a server-side
+lease), which ``renew`` (one ping per session holding the renewed grants, every third of
+a TTL) and the liveness loop (``_pg_liveness.py``) keep from firing on a healthy holder.
+The liveness loop also drops a session that does not answer a ping within
+``liveness_interval`` (default 2 s). Sessions turn off ``statement_timeout`` and
+``lock_timeout``, which a database default could set against them.
 
 Semaphores. The slots of a semaphore are advisory keys ``slot_base + i``. The fast path
 passes the gate shared and takes free slots. The head of the queue holds the gate
@@ -78,9 +82,11 @@ own queue. Other processes' heads show in ``pg_locks`` (queued, or holding a sem
 gate); the requests queued behind them do not, so every process publishes each local
 queue's length as a few shared advisory locks, one per set bit (``_pg_tickets.py``).
 
-Cancellation (``_pg_grants.py``). Statements that can grant run in a task of their own,
-so a cancelled caller never leaves a grant nobody knows about: the statement finishes and
-what it granted is released before the cancellation propagates. A server-side wait is
+Cancellation (``_pg_grants.py``). Statements that can grant never yield to a cancelled
+caller half way: they run under ``agentlocks._tasks.finish``, or in a shared session's
+batch worker whose outcomes refuse ``cancel()`` (``_pg_batch.Outcome``), so a cancelled
+caller never leaves a grant nobody knows about: the statement finishes and what it
+granted is released before the cancellation propagates. A server-side wait is
 cancelled on the server (asyncpg's cancel request); then the spare runs
 ``pg_advisory_unlock_all()``, which also hands on a grant that raced the cancellation. A
 spare that cannot be cleaned is closed, never reused, and no connection is ever handed
@@ -95,23 +101,22 @@ or through session pooling.
 Options (``_pg_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
 (seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``max_spares``
 (default 32), ``spare_patience`` (seconds, default 1), ``schema`` (of
-the sequence and the ``agentlocks_generations`` table; default: first of ``search_path``),
+the sequence and the ``agentlocks_generations`` table; default ``public``),
 ``application_name`` (default ``"agentlocks"``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-import anyio
-
-from agentlocks._tasks import TaskSupervisor
+from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import COMMON_OPTIONS, Settings
-from agentlocks.errors import BackendError, Busy, ConfigError, QueueFull
+from agentlocks.errors import AgentLocksError, BackendError, Busy, ConfigError, QueueFull
 
 from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
 from ._pg_connection import Session, driver_dsn
@@ -130,6 +135,8 @@ from ._pg_tickets import WaitCounts
 
 __all__ = ["PostgresBackend"]
 
+T = TypeVar("T")
+
 logger = logging.getLogger("agentlocks")
 
 
@@ -147,6 +154,9 @@ class PostgresBackend:
 
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
+    # release() never lets its caller's cancellation cut it short: fast-path releases wait
+    # on an Outcome (_pg_batch.py), the others run under finish (_pg_grants.Grants.release).
+    release_finishes: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         self._tasks = tasks  # owns this backend's background tasks
@@ -171,17 +181,30 @@ class PostgresBackend:
             connect_timeout=options.connect_timeout,
             application_name=options.application_name,
             on_dead=self._session_died,
+            tasks=tasks,
+            lease_ttl=settings.lease_ttl,
         )
-        self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval)
+        self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval, tasks)
+        self._sessions.on_open = self._liveness.watch
         self._states: dict[str, KeyState] = {}
         self._grants = Grants(
-            self._sessions, self._sql, self._liveness, self._states, options.liveness_interval
+            self._sessions,
+            self._sql,
+            self._liveness,
+            self._states,
+            options.liveness_interval,
+            tasks,
         )
-        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle)
+        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle, tasks)
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
         self._heads = PgHeads(self._sessions, self._sql, self._namespace, self._error)
         # Signals to holders (on_busy="interrupt"): _pg_signals.py.
         self._signals = PgSignals(self._sessions, self._sql, self._namespace, tasks)
+        # Tasks inside acquire(), so aclose() can fail them at once (API.md, "Connecting"),
+        # and those aclose() cancelled for that purpose.
+        self._acquiring: dict[asyncio.Task[Any], asyncio.Event] = {}
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -216,6 +239,8 @@ class PostgresBackend:
         lease_ttl: float,
         timeout: float | None,
     ) -> Grant:
+        if self._closed:
+            raise AgentLocksError("the PostgreSQL backend is closed")
         if capacity is not None and capacity >= MAX_SLOTS:
             raise ConfigError(f"capacity must be below {MAX_SLOTS} on PostgreSQL")
         state = self._state(resource)
@@ -239,13 +264,15 @@ class PostgresBackend:
             # must draw their tokens in arrival order, which only the head's batch does.
             bypassable = request.capacity is not None or not request.shared
             if bypassable and self._sessions.spare_free(holds_any()) and state.can_bypass():
-                return await self._bypass(resource, state, request, lease_ttl)
+                return await self._guarded(
+                    resource, self._bypass(resource, state, request, lease_ttl)
+                )
             try:
-                await state.enqueue(request)  # leaves the queue by itself if cancelled
+                # Leaves the queue by itself if cancelled.
+                await self._guarded(resource, state.enqueue(request))
             except BaseException:
                 if request.grant is not None:  # granted with the head as it was cancelled
-                    with anyio.CancelScope(shield=True):
-                        await self.release(request.grant)
+                    await finish(self._grants.release(request.grant))
                 self._grants.drop_if_idle(resource, state)
                 raise
             if request.grant is not None:  # granted together with the request ahead
@@ -311,16 +338,47 @@ class PostgresBackend:
             await self._check_waiting(resource, state, max_waiting)
         request.waiting = True
         if request.capacity is None:
-            return await self._grants.wait_lock(resource, state, request, lease_ttl)
-        return await self._grants.wait_slot(resource, state, request, lease_ttl)
+            return await self._guarded(
+                resource, self._grants.wait_lock(resource, state, request, lease_ttl)
+            )
+        return await self._guarded(
+            resource, self._grants.wait_slot(resource, state, request, lease_ttl)
+        )
+
+    async def _guarded(self, resource: str, wait: Coroutine[Any, Any, T]) -> T:
+        """Run one waiting step of an acquire, so that ``aclose()`` can fail it at once.
+
+        aclose() cancels the tasks waiting here; that cancellation (and only that one: the
+        task's own cancellations stay pending) becomes the ``AgentLocksError`` waiting
+        requests must fail with. The step's cleanup ran on the way out, as for any
+        cancellation. Only waits pay for this: the uncontended fast path never comes here.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        left = self._acquiring[task] = asyncio.Event()
+        try:
+            return await wait
+        except asyncio.CancelledError:
+            if task in self._closing:
+                self._closing.discard(task)
+                if task.uncancel() == 0:
+                    raise AgentLocksError(
+                        f"the coordinator was closed while {describe(resource)!r} was awaited"
+                    ) from None
+            raise
+        finally:
+            self._acquiring.pop(task, None)
+            left.set()
 
     async def release(self, grant: Grant) -> bool:
-        await self._grants.release(grant)
-        return True
+        return await self._grants.release(grant)
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+        # One ping per session holding the grants: proves the session alive and restarts
+        # its server-side lease (_pg_liveness.py). Cancellable (the renewer gives each
+        # call a deadline): the pings run on in tasks of their own.
         sessions = {g.handle.session for g in grants if isinstance(g.handle, Hold)}
-        await self._liveness.check(sessions)
+        await self._liveness.renew(sessions)
         return [g for g in grants if not isinstance(g.handle, Hold) or g.handle.released]
 
     async def verify(self, grant: Grant) -> bool:
@@ -382,11 +440,18 @@ class PostgresBackend:
         state = self._states.get(resource)
         keys = state.keys if state is not None else keys_for(self._namespace, resource)
         rows = await self._rows(keys, semaphore)
-        for request in granted_unrecorded(rows, state):
-            # The server granted our queued request already; its task records the grant
-            # (and its token) in a moment: report it as the holder it is.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await request.settled.wait()
+        settling = [
+            asyncio.ensure_future(r.settled.wait()) for r in granted_unrecorded(rows, state)
+        ]
+        if settling:
+            # The server granted our queued requests already; their tasks record the grants
+            # (and tokens) at their next step: report them as the holders they are. A
+            # bounded, cancellable wait (a stalled task cannot hold inspect() up).
+            try:
+                await asyncio.wait(settling, timeout=1.0)
+            finally:
+                for waiter in settling:
+                    waiter.cancel()
         state = self._states.get(resource)
         return snapshot(rows, self._sessions.pids, keys, state, semaphore)
 
@@ -405,14 +470,24 @@ class PostgresBackend:
             raise self._error(exc) from exc
         return 0 if row is None else int(row[0])
 
-    async def publish_generation(self, name: str, generation: int) -> int:
-        session = await self._sessions.shared()
+    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
+        # Fenced: one statement on the session holding the writer's grant writes only while
+        # that session still holds the registry's lock (and never lowers the value).
+        hold = grant.handle
+        if not isinstance(hold, Hold) or hold.released or hold.session.dead:
+            return False
+        shared = await self._sessions.shared()
         try:
-            await self._sessions.ensure_table(session)
-            row = await session.run(self._sql.publish_generation, self._namespace, name, generation)
+            await self._sessions.ensure_table(shared)
+            row = await hold.session.run(
+                self._sql.publish_generation_fenced, self._namespace, name, generation, hold.key
+            )
         except DRIVER_ERRORS as exc:
+            session = hold.session
+            if session.dead or session.conn.is_closed():
+                return False  # the grant went with its connection: nothing written
             raise self._error(exc) from exc
-        return int(row[0])
+        return row is not None
 
     # -- head records (``_pg_heads.py``) ------------------------------------------------------
 
@@ -439,8 +514,23 @@ class PostgresBackend:
         await self._signals.clear(resource, kind, mark)
 
     async def aclose(self) -> None:
+        # Requests still waiting fail at once with an AgentLocksError (see acquire): they
+        # are cancelled, withdraw as any cancelled request does, and report the closing.
+        self._closed = True
+        current = asyncio.current_task()
+        leaving = []
+        for task, left in list(self._acquiring.items()):
+            if task is not current and not task.done():
+                self._closing.add(task)
+                task.cancel()
+                leaving.append(asyncio.ensure_future(left.wait()))
+        if leaving:
+            # Let them withdraw (scrub their spares) while the sessions are still open:
+            # closing a connection under a withdrawal in progress confuses asyncpg.
+            await asyncio.wait(leaving, timeout=1.0)
+            for waiter in leaving:
+                waiter.cancel()
         await self._signals.aclose()
         await self._counts.aclose()
-        await self._grants.aclose()
         await self._liveness.aclose()
         await self._sessions.aclose()

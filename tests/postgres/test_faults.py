@@ -1,0 +1,387 @@
+"""PostgreSQL under faults: silent partitions, roles, borrowed pools, closing, background work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+import agentlocks
+from agentlocks import AcquireTimeout, AgentLocksError, Busy, Coordinator, Lease, LeaseLost
+from agentlocks.backends import _pg_session
+from agentlocks.backends.postgres import PostgresBackend
+from tests.support.proxy import PartitionProxy
+
+from .conftest import Connect, no_advisory_locks_soon
+
+
+def _backend(coord: Coordinator) -> PostgresBackend:
+    backend = coord._backend  # white-box: connection counts, background releases
+    assert isinstance(backend, PostgresBackend)
+    return backend
+
+
+async def _lost_at(lease: Lease) -> float:
+    """The monotonic time ``lease.lost`` turned True (polled every 5 ms)."""
+    while not lease.lost:
+        await asyncio.sleep(0.005)
+    return time.monotonic()
+
+
+# -- 3. a silently cut-off holder loses its lock on the server within about lease_ttl ----------
+
+
+@pytest.mark.parametrize(
+    ("ttl", "queued"), [(1.0, False), (2.0, False), (1.0, True)], ids=["1s", "2s", "1s-queued"]
+)
+async def test_silent_partition_frees_the_lock_on_the_server_within_lease_ttl(
+    connect: Connect, pg_url: str, ttl: float, queued: bool
+) -> None:
+    """Holder partitioned through a proxy: lost locally first, then the next client is granted
+    (a fast-path holder, and one granted after waiting, on a connection of its own)."""
+    other = connect(lease_ttl=ttl)
+    port = urlsplit(pg_url).port
+    assert port is not None
+    with PartitionProxy(port) as proxy:
+        holder = agentlocks.connect(proxy.url_for(pg_url), namespace=other.namespace, lease_ttl=ttl)
+        try:
+            if queued:
+                blocker = await other.acquire("job")
+                waiting = asyncio.create_task(holder.acquire("job").__aenter__())
+                await asyncio.sleep(0.3)
+                await blocker.release()
+                lease = await asyncio.wait_for(waiting, 5)
+            else:
+                lease = await holder.acquire("job")
+            await asyncio.sleep(ttl / 2)  # a renewal or two went through
+            proxy.partition()
+            cut = time.monotonic()
+            lost = asyncio.create_task(_lost_at(lease))
+            successor = await other.acquire("job", timeout=ttl + 3)
+            granted = time.monotonic()
+            assert lease.lost and lost.done()
+            assert lost.result() <= granted  # loud before anyone else could hold it
+            assert granted - cut <= ttl + 1.5  # the server freed it within about lease_ttl
+            assert successor.token > lease.token
+            await successor.release()
+            with pytest.raises(LeaseLost):
+                await lease.release()
+        finally:
+            proxy.cut()
+            await holder.aclose()
+
+
+async def test_healthy_holders_keep_their_locks_across_several_server_leases(
+    connect: Connect,
+) -> None:
+    """lease_ttl=1: a fast-path holder and a holder that waited keep their locks for 3.5 s."""
+    coord, other = connect(lease_ttl=1), connect(lease_ttl=1)
+    fast = await coord.acquire("fast")
+    first = await other.acquire("queued")
+    waiting = asyncio.create_task(coord.acquire("queued").__aenter__())
+    await asyncio.sleep(0.3)
+    await first.release()
+    queued = await asyncio.wait_for(waiting, 5)  # granted on a spare of its own
+    await asyncio.sleep(3.5)
+    assert not fast.lost and not queued.lost
+    for key in ("fast", "queued"):
+        with pytest.raises(Busy):
+            await other.acquire(key, wait=False)
+    await fast.release()
+    await queued.release()
+
+
+# -- 5. fencing tokens grow across roles with different search_path ---------------------------
+
+
+@pytest_asyncio.fixture
+async def two_roles(admin: asyncpg.Connection, pg_url: str) -> AsyncIterator[tuple[str, str]]:
+    """Two login roles, each with a schema of its own as its whole search_path."""
+    suffix = uuid.uuid4().hex[:8]
+    roles = [f"agl_a_{suffix}", f"agl_b_{suffix}"]
+    # What a DBA does once (docs/backends.md, "Schema and privileges"): create the
+    # objects in the fixed schema and grant them. Idempotent, as agentlocks' own bootstrap.
+    await admin.execute(
+        "CREATE SEQUENCE IF NOT EXISTS public.agentlocks_tokens AS bigint CACHE 1 NO CYCLE"
+    )
+    for role in roles:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+        await admin.execute(f"ALTER ROLE {role} SET search_path = {role}")
+        await admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        await admin.execute(f"GRANT USAGE, UPDATE ON SEQUENCE public.agentlocks_tokens TO {role}")
+    parts = urlsplit(pg_url)
+    host = f"{parts.hostname}:{parts.port}"
+    urls = [parts._replace(netloc=f"{role}@{host}").geturl() for role in roles]
+    yield urls[0], urls[1]
+    for role in roles:
+        await admin.execute(f"DROP OWNED BY {role} CASCADE")
+        await admin.execute(f"DROP ROLE {role}")
+
+
+async def test_tokens_grow_across_roles_with_different_search_paths(
+    two_roles: tuple[str, str],
+) -> None:
+    """Two roles, each with its own search_path, alternate on one key: tokens always grow."""
+    namespace = f"pgtest-{uuid.uuid4().hex[:12]}"
+    coords = [agentlocks.connect(url, namespace=namespace) for url in two_roles]
+    try:
+        tokens = []
+        for i in range(6):
+            async with coords[i % 2].acquire("k") as lease:
+                tokens.append(lease.token)
+        assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), tokens
+    finally:
+        for coord in coords:
+            await coord.aclose()
+
+
+# -- 6. FIFO with shared requests, spaced arrivals across two coordinators --------------------
+
+
+async def test_spaced_arrivals_with_shared_requests_keep_what_backends_md_promises(
+    connect: Connect,
+) -> None:
+    """X1 S2 S3 X4 S5 S6, 60 ms apart over two coordinators: nothing overtakes an exclusive
+    request, and exclusive requests go in arrival order (the documented shared caveat)."""
+    holder, one, two = connect(), connect(), connect()
+    # Warm: each coordinator has a shared session and two idle spares, so no request is
+    # still "on its way to the server" (opening a connection) when the next one arrives.
+    warm = [await holder.acquire(f"warm{i}") for i in range(2)]
+    waits = [
+        asyncio.create_task(c.acquire(f"warm{i}", shared=True).__aenter__())
+        for c in (one, two)
+        for i in (0, 1)
+    ]
+    await asyncio.sleep(0.3)
+    for lease in warm:
+        await lease.release()
+    for lease in await asyncio.gather(*waits):
+        await lease.release()
+    first = await holder.acquire("k")
+    order: list[str] = []
+
+    async def take(coord: Coordinator, name: str) -> None:
+        async with coord.acquire("k", shared=name[0] == "S", timeout=20):
+            order.append(name)
+            await asyncio.sleep(0.05)
+
+    tasks = []
+    for i, name in enumerate(["X1", "S2", "S3", "X4", "S5", "S6"]):
+        tasks.append(asyncio.create_task(take(one if i % 2 == 0 else two, name)))
+        await asyncio.sleep(0.06)
+    await first.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    position = {name: i for i, name in enumerate(order)}
+    assert position["X1"] == 0, order
+    assert position["S2"] < position["X4"], order  # exclusive in order behind the shared one
+    assert position["X4"] < min(position["S5"], position["S6"]), order  # nobody overtakes X4
+
+
+# -- 7. a borrowed pool stays the application's ------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def small_pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The application's own asyncpg pool, max_size=4."""
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def test_borrowed_pool_serves_20_locks_and_the_application_at_once(
+    small_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_size=4: 20 locks on distinct keys are granted, the app's own queries still run,
+    and the connections go back to the pool once unused."""
+    monkeypatch.setattr(_pg_session, "IDLE_LINGER", 0.2)
+    coord = agentlocks.connect(postgres=small_pool, namespace=f"pgtest-{uuid.uuid4().hex[:12]}")
+    try:
+        leases = await asyncio.wait_for(
+            asyncio.gather(*(coord.acquire(f"k{i}", timeout=10) for i in range(20))), 10
+        )
+        assert _backend(coord).connection_count() <= 2  # half the pool at most
+        for _ in range(3):  # the application's queries do not starve while locks are held
+            assert await asyncio.wait_for(small_pool.fetchval("SELECT 1"), 2) == 1
+        for lease in leases:
+            await lease.release()
+        async with asyncio.timeout(5):
+            while _backend(coord).connection_count():
+                await asyncio.sleep(0.05)
+    finally:
+        await coord.aclose()
+
+
+async def test_exhausted_borrowed_pool_makes_a_request_wait_not_fail(
+    small_pool: asyncpg.Pool,
+) -> None:
+    """The app holds all 4 connections past connect_timeout: acquire waits (its own timeout
+    bounds it, never a BackendError), then is granted once the app gives one back."""
+    coord = agentlocks.connect(
+        postgres=small_pool, namespace=f"pgtest-{uuid.uuid4().hex[:12]}", connect_timeout=0.3
+    )
+    taken = [await small_pool.acquire() for _ in range(4)]
+    try:
+        with pytest.raises(AcquireTimeout):
+            await coord.acquire("k", timeout=0.2)
+        waiting = asyncio.create_task(coord.acquire("k", timeout=10).__aenter__())
+        await asyncio.sleep(0.8)
+        await small_pool.release(taken.pop())
+        lease = await asyncio.wait_for(waiting, 5)
+        await lease.release()
+    finally:
+        for conn in taken:
+            await small_pool.release(conn)
+        await coord.aclose()
+
+
+# -- 9. aclose() with requests waiting ---------------------------------------------------------
+
+
+async def test_aclose_fails_waiting_requests_at_once_and_marks_held_leases_lost(
+    connect: Connect, admin: asyncpg.Connection, app_name: str
+) -> None:
+    """aclose(): waiters (in the server and queued locally) fail with AgentLocksError at once."""
+    holder, coord = connect(application_name="agentlocks-holder"), connect()
+    blocker = await holder.acquire("k")
+    held = await coord.acquire("mine")
+    waiters = [asyncio.create_task(coord.acquire("k").__aenter__()) for _ in range(3)]
+    waiters.append(asyncio.create_task(coord.acquire("k", shared=True).__aenter__()))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await coord.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 2)
+    assert time.monotonic() - started < 1.5
+    for result in results:
+        assert isinstance(result, AgentLocksError) and not isinstance(result, LeaseLost), result
+    assert held.lost
+    await no_advisory_locks_soon(admin, app_name)
+    await blocker.release()
+
+
+# -- 11. background work: supervised, logged, cancellable -------------------------------------
+
+
+async def test_failed_background_release_is_logged_with_key_and_token(
+    connect: Connect, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background release that fails is logged on 'agentlocks' with its key and token."""
+    coord = connect()
+    backend = _backend(coord)
+    lease = await coord.acquire("bg")
+    grant = lease._grant
+    assert grant is not None
+    unhandled: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+
+    async def broken(_grant: object) -> bool:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(backend._grants, "release", broken)
+    with caplog.at_level(logging.ERROR, logger="agentlocks"):
+        backend._grants.release_later([grant])
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+    monkeypatch.undo()
+    records = [r for r in caplog.records if r.name == "agentlocks" and "injected" in r.getMessage()]
+    assert records, caplog.text
+    assert "key='bg'" in records[0].getMessage()
+    assert f"token={grant.token}" in records[0].getMessage()
+    assert not unhandled
+    await lease.release()
+
+
+async def test_inspect_is_bounded_and_cancellable_while_a_grant_is_being_recorded(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inspect() waiting for a grant's task to record it: cut short by cancellation, bounded."""
+    from agentlocks.backends import _pg_queue, postgres
+
+    coord = connect()
+    never = _pg_queue.Request(False, None, 30.0)  # a request whose task never settles
+    monkeypatch.setattr(postgres, "granted_unrecorded", lambda rows, state: [never])
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(coord.inspect("k"), 0.2)
+    assert time.monotonic() - started < 0.5  # cancellation is not ignored
+    started = time.monotonic()
+    await coord.inspect("k")
+    assert time.monotonic() - started < 2  # and the wait is bounded
+
+
+# -- 10. registry generations: fenced by the writer's grant, never backwards ------------------
+
+
+async def test_generation_publish_is_fenced_by_the_writers_grant(
+    connect: Connect, admin: asyncpg.Connection
+) -> None:
+    """publish_generation with a grant writes only while that grant is held; never lowers."""
+    coord, other = connect(), connect()
+    backend = _backend(coord)
+    lease = await coord.acquire("tools")
+    grant = lease._grant
+    assert grant is not None
+    assert await backend.publish_generation("tools", 5, grant) is True
+    assert await backend.publish_generation("tools", 3, grant) is True
+    assert await backend.read_generation("tools") == 5  # never backwards
+    await lease.release()
+    assert await backend.publish_generation("tools", 9, grant) is False  # released: refused
+    # A grant the server took away (its session ended) while the client still has it.
+    waiter = asyncio.create_task(other.acquire("tools").__aenter__())
+    held = await coord.acquire("tools")
+    held_grant = held._grant
+    assert held_grant is not None
+    pid = backend.backend_pid(held_grant)
+    assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+    successor = await asyncio.wait_for(waiter, 10)
+    assert await backend.publish_generation("tools", 11, held_grant) is False
+    # The successor, granted after waiting (on a spare of its own), publishes.
+    assert successor._grant is not None
+    assert await _backend(other).publish_generation("tools", 7, successor._grant) is True
+    assert await backend.read_generation("tools") == 7
+    await successor.release()
+    with pytest.raises(LeaseLost):
+        await held.release()
+
+
+# -- 7 (guarantee 7) on the fast path: no shield, yet safe under repeated cancels -------------
+
+
+async def test_release_cancelled_five_times_still_frees_the_key(connect: Connect) -> None:
+    """A fast-path release cancelled repeatedly still unlocks on the server before it ends."""
+    coord, other = connect(), connect()
+    for _ in range(20):
+        lease = await coord.acquire("k")
+        releasing = asyncio.create_task(lease.release())
+        await asyncio.sleep(0)  # the unlock is queued
+        for _ in range(5):
+            releasing.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await releasing
+        async with other.acquire("k", wait=False):  # free on the server, at once
+            pass
+
+
+async def test_fast_acquire_cancelled_five_times_leaves_nothing_held(connect: Connect) -> None:
+    """A fast-path acquire cancelled repeatedly mid-statement gives its grant back."""
+    coord, other = connect(), connect()
+    async with coord.acquire("warm-up"):  # a shared session is open: the try is sent at once
+        pass
+    for _ in range(20):
+        acquiring = asyncio.create_task(coord.acquire("k").__aenter__())
+        await asyncio.sleep(0)  # the try is queued
+        for _ in range(5):
+            acquiring.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        async with other.acquire("k", wait=False):
+            pass
