@@ -159,6 +159,8 @@ class Heads:
         self.ttl = float(ttl)
         self.stale_after = STALE_AFTER
         self.loop: asyncio.AbstractEventLoop | None = None  # for synchronous calls
+        #: The store swaps without suspending (an in-process backend: ``swap_head_nowait``).
+        self.swaps_inline = callable(getattr(backend, "swap_head_nowait", None))
 
     def note_loop(self) -> None:
         """Remember the event loop the saver is used on (for synchronous calls)."""
