@@ -87,6 +87,10 @@ class _Guarded(BaseCheckpointSaver[Any]):
         object.__setattr__(
             self, "_inline", heads.swaps_inline and type(inner).aput is InMemorySaver.aput
         )
+        if "get_next_version" in type(self).__dict__:
+            # Called for every channel written at every step: the saver's own bound method,
+            # not a delegating frame (the class keeps its override for capability checks).
+            object.__setattr__(self, "get_next_version", inner.get_next_version)
 
     def __repr__(self) -> str:
         return f"guard_checkpointer({self._inner!r}, {self._heads.coord!r})"
