@@ -86,7 +86,7 @@ FULL: dict[str, int] = {
     "runs": 10,
     "double_texts": 20,
     "latency_runs": 200,
-    "rounds": 5,
+    "rounds": 9,
 }
 QUICK: dict[str, int] = {
     "threads": 8,
