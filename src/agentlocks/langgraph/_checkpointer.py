@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator, Seque
 from typing import Any, Final
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
 
 from agentlocks.coordinator import Coordinator
 
@@ -72,6 +73,7 @@ class _Guarded(BaseCheckpointSaver[Any]):
 
     _inner: BaseCheckpointSaver[Any]
     _heads: Heads
+    _inline: bool
     wrapped: type[BaseCheckpointSaver[Any]]
 
     def __init__(self, inner: BaseCheckpointSaver[Any], heads: Heads) -> None:
@@ -79,6 +81,16 @@ class _Guarded(BaseCheckpointSaver[Any]):
         # here is the wrapped saver's (the property below).
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_heads", heads)
+        # ``aput`` can skip the task that protects a put from cancellation when nothing
+        # in it suspends: the head store swaps in-process (memory://) and the saver's
+        # ``aput`` is InMemorySaver's own, which only calls the synchronous ``put``.
+        object.__setattr__(
+            self, "_inline", heads.swaps_inline and type(inner).aput is InMemorySaver.aput
+        )
+        if "get_next_version" in type(self).__dict__:
+            # Called for every channel written at every step: the saver's own bound method,
+            # not a delegating frame (the class keeps its override for capability checks).
+            object.__setattr__(self, "get_next_version", inner.get_next_version)
 
     def __repr__(self) -> str:
         return f"guard_checkpointer({self._inner!r}, {self._heads.coord!r})"
@@ -175,6 +187,15 @@ async def _aput(
     *args: Any, **kwargs: Any,
 ) -> Any:  # fmt: skip
     plan = self._heads.plan(config, checkpoint)
+    if self._inline:
+        # Invariant (see Heads.put): no cancellation may land between the head swap and
+        # the saver's write, nor inside the write. Here neither suspends, so from the swap
+        # to the end of the write there is no await at all: nothing to cancel.
+        return self._heads.put_sync(
+            plan,
+            lambda: self._inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs),
+            lambda head: self._inner.get_tuple(_at(config, head)) is not None,
+        )
 
     async def exists(head: str) -> bool:
         return await self._inner.aget_tuple(_at(config, head)) is not None

@@ -26,10 +26,10 @@ from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 from agentlocks.errors import ConfigError
 
-from ._context import current_lease, thread_key
+from ._context import LEASE_KEY, current_lease, thread_key
 from ._controls import PARENT_CONTROL_KEY
 from ._holding import GuardedRun
-from ._run import Guard, Held, OnBusy, is_nested, with_lease
+from ._run import TASK_ID, Guard, Held, OnBusy, is_nested, with_lease
 
 __all__ = ["GuardedGraph", "guard_graph"]
 
@@ -49,6 +49,11 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
 
     def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
         """``Pregel.astream``, holding the thread's lock until the stream ends or is closed."""
+        if _marked_nested(config):
+            # The hot path of every guarded ainvoke (Pregel.ainvoke streams through here
+            # with the run's own config) and of subgraph calls: LangGraph's own stream,
+            # with no generator of ours around each chunk.
+            return super().astream(input, config, **kwargs)
         return self._guarded(None, input, config, kwargs)
 
     async def abatch(self, inputs: Sequence[Any], config: Any = None, **kwargs: Any) -> list[Any]:
@@ -225,6 +230,26 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
                     except StopAsyncIteration:
                         break
                     yield chunk
+
+
+def _marked_nested(config: Any) -> bool:
+    """Does ``config`` itself say the call is part of a run holding its thread?
+
+    The same decision :func:`~._run.is_nested` makes on the merged config, taken from the
+    explicit config alone, so it cannot depend on the context the stream is iterated in:
+    ``ensure_config`` keeps every explicit ``configurable`` entry (the thread id and the
+    lease marker among them), so the merged config says the same.
+    """
+    if not isinstance(config, dict):
+        return False
+    configurable = config.get("configurable")
+    if not isinstance(configurable, dict):
+        return False
+    if TASK_ID in configurable:
+        return True
+    lease = configurable.get(LEASE_KEY)
+    thread_id = configurable.get("thread_id")
+    return isinstance(lease, Lease) and thread_id is not None and lease.key == thread_key(thread_id)
 
 
 def _per_item(config: Any, count: int, kwargs: dict[str, Any]) -> list[Any]:

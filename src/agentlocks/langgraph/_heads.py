@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import anyio
 
@@ -159,6 +159,10 @@ class Heads:
         self.ttl = float(ttl)
         self.stale_after = STALE_AFTER
         self.loop: asyncio.AbstractEventLoop | None = None  # for synchronous calls
+        # An in-process store swaps without suspending (``swap_head_nowait``).
+        self._swap_now: Callable[..., HeadSwap] | None = getattr(backend, "swap_head_nowait", None)
+        #: The store swaps without suspending: a put on it needs no task (see ``aput``).
+        self.swaps_inline = self._swap_now is not None
 
     def note_loop(self) -> None:
         """Remember the event loop the saver is used on (for synchronous calls)."""
@@ -300,26 +304,28 @@ class Heads:
 
     def put_sync(self, plan: PutPlan, write: Callable[[], T], exists: Callable[[str], bool]) -> T:
         """``put`` for a synchronous saver call (same order and hazards)."""
-        swap = self.call_sync(
-            "swap_head", plan.resource, plan.field, plan.expected, plan.new, plan.token, self.ttl
-        )
+        swap = self._swap_sync(plan.resource, plan.field, plan.expected, plan.new, plan.token)
         if self.stale(swap) and not exists(swap.head):
             self._warn_stale(plan, swap)
-            swap = self.call_sync(
-                "swap_head", plan.resource, plan.field, swap.head, plan.new, plan.token, self.ttl
-            )
+            swap = self._swap_sync(plan.resource, plan.field, swap.head, plan.new, plan.token)
         swap = plan.outcome(swap)
         try:
             return write()
         except BaseException:
             try:
-                self.call_sync(
-                    "swap_head", plan.resource, plan.field, plan.new, swap.head, plan.token,
-                    self.ttl,
-                )  # fmt: skip
+                self._swap_sync(plan.resource, plan.field, plan.new, swap.head, plan.token)
             except Exception as exc:
                 logger.warning("could not put back the head of thread %r: %s", plan.thread_id, exc)
             raise
+
+    def _swap_sync(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None
+    ) -> HeadSwap:
+        now = self._swap_now
+        if now is not None:  # in-process: the hot path of every InMemorySaver put
+            return now(resource, field, expected, new, token, self.ttl)
+        swap = self.call_sync("swap_head", resource, field, expected, new, token, self.ttl)
+        return cast("HeadSwap", swap)
 
     # -- deletes ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from ._context import LEASE_KEY, lease_for, thread_key
 from ._controls import PARENT_CONTROL_KEY, DrainSignals, drain_module
 
 __all__ = [
+    "TASK_ID",
     "Guard",
     "Held",
     "OnBusy",
@@ -36,7 +37,7 @@ OnBusy = Literal["enqueue", "reject", "interrupt"]
 
 RUNS_SEMAPHORE: Final = "langgraph-runs"
 
-_TASK_ID: Final = "__pregel_task_id"
+TASK_ID: Final = "__pregel_task_id"
 _CHECKPOINTER: Final = "__pregel_checkpointer"
 
 
@@ -47,7 +48,7 @@ def is_nested(configurable: Mapping[str, Any], thread_id: object) -> bool:
     carries ``__pregel_task_id``), or the config or the calling context carries the lease of
     this very thread (re-entry from a node; locking again would deadlock on ourselves).
     """
-    if _TASK_ID in configurable:
+    if TASK_ID in configurable:
         return True
     # The exact key, not lease_for's suffix match: thread "x:1" must not pass for "1".
     lease = lease_for({"configurable": configurable}, thread_id)

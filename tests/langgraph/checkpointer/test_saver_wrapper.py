@@ -174,6 +174,20 @@ async def test_cancelled_put_settles_before_the_caller_leaves(thread_id: str) ->
     await saver.aput(parent, empty_checkpoint(), {}, {})  # the head is the written checkpoint
 
 
+async def test_in_memory_put_completes_without_suspending(thread_id: str) -> None:
+    """InMemorySaver on memory://: aput never suspends, so no cancel can split swap and write."""
+    inner = InMemorySaver()
+    saver = guard_checkpointer(inner, agentlocks.connect())
+    first = empty_checkpoint()
+    put = saver.aput(config(thread_id, checkpoint_ns=""), first, {}, {})
+    with pytest.raises(StopIteration):  # done at its first step: no await to cancel at
+        put.send(None)
+    assert first["id"] in inner.storage[thread_id][""]
+    stale = config(thread_id, checkpoint_ns="", checkpoint_id="0")  # not the head
+    with pytest.raises(ConcurrentRunError, match=first["id"]):  # the head was swapped too
+        await saver.aput(stale, empty_checkpoint(), {}, {})
+
+
 async def test_cancelled_run_lingering_writes_are_not_interleaved(thread_id: str) -> None:
     """A cancelled run's late puts: a run started at once is refused, one started after goes on."""
     # LangGraph does not cancel a cancelled run's pending puts: they land after the caller
