@@ -44,8 +44,8 @@ async def _lost_at(lease: Lease) -> float:
 async def test_silent_partition_frees_the_lock_on_the_server_within_lease_ttl(
     connect: Connect, pg_url: str, ttl: float, queued: bool
 ) -> None:
-    """Holder partitioned through a proxy: lost locally first, then the next client is granted
-    (a fast-path holder, and one granted after waiting, on a connection of its own)."""
+    """Holder partitioned through a proxy: lost locally first, then the next client is granted."""
+    # A fast-path holder, and one granted after waiting, on a connection of its own.
     other = connect(lease_ttl=ttl)
     port = urlsplit(pg_url).port
     assert port is not None
@@ -149,8 +149,9 @@ async def test_tokens_grow_across_roles_with_different_search_paths(
 async def test_spaced_arrivals_with_shared_requests_keep_what_backends_md_promises(
     connect: Connect,
 ) -> None:
-    """X1 S2 S3 X4 S5 S6, 60 ms apart over two coordinators: nothing overtakes an exclusive
-    request, and exclusive requests go in arrival order (the documented shared caveat)."""
+    """X1 S2 S3 X4 S5 S6, 60 ms apart: nothing overtakes an exclusive; exclusives keep order."""
+    # Over two coordinators; shared requests may reorder among themselves (the documented
+    # caveat of docs/backends.md).
     holder, one, two = connect(), connect(), connect()
     # Warm: each coordinator has a shared session and two idle spares, so no request is
     # still "on its way to the server" (opening a connection) when the next one arrives.
@@ -199,8 +200,7 @@ async def small_pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def test_borrowed_pool_serves_20_locks_and_the_application_at_once(
     small_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """max_size=4: 20 locks on distinct keys are granted, the app's own queries still run,
-    and the connections go back to the pool once unused."""
+    """max_size=4: 20 locks granted, the app's own queries still run, connections go back."""
     monkeypatch.setattr(_pg_session, "IDLE_LINGER", 0.2)
     coord = agentlocks.connect(postgres=small_pool, namespace=f"pgtest-{uuid.uuid4().hex[:12]}")
     try:
@@ -222,8 +222,9 @@ async def test_borrowed_pool_serves_20_locks_and_the_application_at_once(
 async def test_exhausted_borrowed_pool_makes_a_request_wait_not_fail(
     small_pool: asyncpg.Pool,
 ) -> None:
-    """The app holds all 4 connections past connect_timeout: acquire waits (its own timeout
-    bounds it, never a BackendError), then is granted once the app gives one back."""
+    """An exhausted borrowed pool makes acquire wait (bounded by its timeout), never fail."""
+    # The app holds all 4 connections past connect_timeout; the acquire is granted once the
+    # app gives one back.
     coord = agentlocks.connect(
         postgres=small_pool, namespace=f"pgtest-{uuid.uuid4().hex[:12]}", connect_timeout=0.3
     )
