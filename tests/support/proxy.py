@@ -86,6 +86,10 @@ class PartitionProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+        # A connection accepted while the shutdown ran starts its task after the shutdown's
+        # sweep: sweep again before closing, or the task would be left pending and its
+        # ``finally`` would run at garbage collection, on a closed loop.
+        self._loop.run_until_complete(_cancel_others())
         self._loop.close()
 
     async def _shutdown(self) -> None:
@@ -94,10 +98,7 @@ class PartitionProxy:
         self._reset_all()
         if self._server is not None:
             await self._server.wait_closed()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_others()
 
     def _reset_all(self) -> None:
         for writer in list(self._writers):
@@ -144,3 +145,11 @@ class PartitionProxy:
                 await asyncio.sleep(self.delay)
             writer.write(data)
             await writer.drain()
+
+
+async def _cancel_others() -> None:
+    """Cancel and await every other task of the running loop, until none is left."""
+    while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
