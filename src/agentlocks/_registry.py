@@ -32,7 +32,7 @@ _BUILTIN: Final = {
     "memory": _Entry("agentlocks.backends.memory:MemoryBackend"),
     "redis": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
     "rediss": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
-    # Redis deployments beyond one server: same backend, other clients (_redis_clients.py).
+    # Redis deployments beyond one server: same backend, other clients (redis/_clients.py).
     "redis+cluster": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
     "rediss+cluster": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),
     "redis+sentinel": _Entry("agentlocks.backends.redis:RedisBackend", "redis", "redis"),

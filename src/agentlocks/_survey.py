@@ -112,7 +112,7 @@ async def survey(coord: Coordinator, prefix: str = "", *, idle: bool = False) ->
 
 def _label(rows: list[dict[str, Any]], namespace: str, key: str) -> None:
     """Name the advisory locks that belong to ``key`` (a lock or a semaphore of that name)."""
-    from .backends._pg_sql import MAX_SLOTS, TICKET_BITS, keys_for
+    from .backends.postgres._sql import MAX_SLOTS, TICKET_BITS, keys_for
 
     lock, sem = keys_for(namespace, "l:" + key), keys_for(namespace, "s:" + key)
     names = {lock.gate: f"lock {key!r} (queue gate)", lock.hold: f"lock {key!r}"}

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 import agentlocks
-from agentlocks.backends._redis_signals import SIGNALS, signal_keys
 from agentlocks.backends.redis import RedisBackend
+from agentlocks.backends.redis._signals import SIGNALS, signal_keys
 from agentlocks.langgraph._drain import DrainSignals, thread_key
 from tests.conftest import backend_url_for
 

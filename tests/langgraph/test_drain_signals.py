@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentlocks import ConfigError, Coordinator
-from agentlocks.backends._redis_signals import signal_keys
 from agentlocks.backends._signals import LocalSignals
+from agentlocks.backends.redis._signals import signal_keys
 from agentlocks.langgraph._context import current_lease
 from agentlocks.langgraph._drain import DrainSignals, thread_key
 

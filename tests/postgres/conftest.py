@@ -90,7 +90,7 @@ async def no_advisory_locks_soon(
     """Wait until sessions carrying ``app_name`` hold no advisory lock; fail after ``within``.
 
     Locks and waits are gone as soon as their calls return; the local queue lengths a
-    coordinator publishes for other processes (``_pg_tickets.py``) are withdrawn in the
+    coordinator publishes for other processes (``postgres/_tickets.py``) are withdrawn in the
     background about 10 ms after the queue empties, hence the short wait.
     """
     deadline = asyncio.get_running_loop().time() + within

@@ -21,8 +21,8 @@ import pytest
 import agentlocks
 from agentlocks import BackendError, ConfigError
 from agentlocks._url import COMMON_OPTIONS
-from agentlocks.backends._pg_connection import Session, driver_dsn
 from agentlocks.backends.postgres import PostgresBackend
+from agentlocks.backends.postgres._connection import Session, driver_dsn
 
 pytestmark = pytest.mark.postgres
 

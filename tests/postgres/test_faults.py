@@ -15,8 +15,7 @@ import pytest_asyncio
 
 import agentlocks
 from agentlocks import AcquireTimeout, AgentLocksError, Busy, Coordinator, Lease, LeaseLost
-from agentlocks.backends import _pg_session
-from agentlocks.backends.postgres import PostgresBackend
+from agentlocks.backends.postgres import PostgresBackend, _session
 from tests.support.proxy import PartitionProxy
 
 from .conftest import Connect, no_advisory_locks_soon
@@ -201,7 +200,7 @@ async def test_borrowed_pool_serves_20_locks_and_the_application_at_once(
     small_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """max_size=4: 20 locks granted, the app's own queries still run, connections go back."""
-    monkeypatch.setattr(_pg_session, "IDLE_LINGER", 0.2)
+    monkeypatch.setattr(_session, "IDLE_LINGER", 0.2)
     coord = agentlocks.connect(postgres=small_pool, namespace=f"pgtest-{uuid.uuid4().hex[:12]}")
     try:
         leases = await asyncio.wait_for(
@@ -303,11 +302,11 @@ async def test_inspect_is_bounded_and_cancellable_while_a_grant_is_being_recorde
     connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """inspect() waiting for a grant's task to record it: cut short by cancellation, bounded."""
-    from agentlocks.backends import _pg_queue, postgres
+    from agentlocks.backends.postgres import _backend, _queue
 
     coord = connect()
-    never = _pg_queue.Request(False, None, 30.0)  # a request whose task never settles
-    monkeypatch.setattr(postgres, "granted_unrecorded", lambda rows, state: [never])
+    never = _queue.Request(False, None, 30.0)  # a request whose task never settles
+    monkeypatch.setattr(_backend, "granted_unrecorded", lambda rows, state: [never])
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(coord.inspect("k"), 0.2)

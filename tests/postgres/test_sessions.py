@@ -10,7 +10,7 @@ import pytest
 
 import agentlocks
 from agentlocks import AcquireTimeout, Lease, LeaseLost
-from agentlocks.backends import _pg_session
+from agentlocks.backends.postgres import _session
 
 from .conftest import Connect, advisory_locks_of, connections_of, no_advisory_locks_soon
 
@@ -52,7 +52,7 @@ async def test_cancellation_storm_of_200_waiters_leaves_nothing(
     connect: Connect, admin: asyncpg.Connection, app_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """200 waiters cancelled or timed out: no lock held, no waiter queued, no session leaked."""
-    monkeypatch.setattr(_pg_session, "IDLE_LINGER", 0.2)
+    monkeypatch.setattr(_session, "IDLE_LINGER", 0.2)
     coord = connect(pool_size=2, max_idle=1)
     holder = await coord.acquire("storm")
     rng = random.Random(4)

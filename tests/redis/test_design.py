@@ -11,8 +11,8 @@ from redis.crc import key_slot
 
 import agentlocks
 from agentlocks import BackendError, ConfigError, Lease, LeaseLost
-from agentlocks.backends._redis_scripts import generation_key, lock_keys
 from agentlocks.backends.redis import RedisBackend
+from agentlocks.backends.redis._scripts import generation_key, lock_keys
 
 from .conftest import Connect, client_names, start
 

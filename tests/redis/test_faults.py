@@ -20,8 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentlocks import AcquireTimeout, AgentLocksError, BackendError, Coordinator, Lease, LeaseLost
-from agentlocks.backends._redis_scripts import generation_key, lock_keys
 from agentlocks.backends.redis import RedisBackend
+from agentlocks.backends.redis._scripts import generation_key, lock_keys
 from tests.support.proxy import PartitionProxy
 
 from .conftest import Connect, start

@@ -7,7 +7,7 @@ import uuid
 import redis.asyncio as aioredis
 
 import agentlocks
-from agentlocks.backends._redis_names import acquire_keys, parse_record
+from agentlocks.backends.redis._names import acquire_keys, parse_record
 
 
 async def test_name_record_expires_by_itself(redis_url: str) -> None:

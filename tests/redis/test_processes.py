@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from agentlocks.backends._redis_scripts import lock_keys
+from agentlocks.backends.redis._scripts import lock_keys
 
 from .conftest import Connect, start
 

@@ -103,7 +103,7 @@ async def test_redis_records_carry_a_ttl_and_vanish() -> None:
     import redis.asyncio as aioredis
 
     import agentlocks
-    from agentlocks.backends._redis_scripts import head_keys
+    from agentlocks.backends.redis._scripts import head_keys
     from tests.conftest import backend_url_for
 
     url = backend_url_for("redis")

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
-from ._redis_scripts import lock_keys
+from ._scripts import lock_keys
 
 __all__ = ["acquire_keys", "find_resources", "parse_record"]
 

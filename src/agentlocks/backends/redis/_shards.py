@@ -10,7 +10,7 @@ slot's shard, and ``SPUBLISH`` counts exactly the subscribers on its master.
 A coordinator subscribes (``SSUBSCRIBE``) to the shard channel of a lock before its first
 request on that lock may queue, on a listener connection of its own to that slot's master
 (one per master, made on first need): waiting still costs no connection per task. The same
-invariant as on one server holds (``_redis_waiting.py``): a request is queued only while
+invariant as on one server holds (``redis/_waiting.py``): a request is queued only while
 its channel's subscription is confirmed.
 
 A subscription ends when its node's connection breaks (a failover) or when the node stops
@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
-from ._redis_scripts import LockKeys, shard_channel
+from ._scripts import LockKeys, shard_channel
 
 __all__ = ["ShardInbox"]
 
@@ -75,7 +75,7 @@ class ShardInbox:
         waiters: Mapping[str, _Waiting],
         tasks: TaskSupervisor,
     ) -> None:
-        self._link = link  # _redis_link.Link with .cluster set
+        self._link = link  # _link.Link with .cluster set
         self._id = coordinator_id
         self._deliver = deliver
         self._resubscribed = resubscribed

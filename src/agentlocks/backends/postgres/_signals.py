@@ -34,10 +34,10 @@ from typing import Any, Final
 import asyncpg
 
 from agentlocks._tasks import TaskSupervisor, finish, settle
+from agentlocks.backends._base import SignalCallback, deliver_safely
 
-from ._base import SignalCallback, deliver_safely
-from ._pg_session import Sessions
-from ._pg_sql import Sql
+from ._session import Sessions
+from ._sql import Sql
 
 __all__ = ["PgSignals"]
 

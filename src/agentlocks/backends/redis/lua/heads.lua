@@ -3,7 +3,7 @@
 -- KEYS[1] hd  HASH  field -> "<expiry ms>|<token or empty>|<swapped at ms>|<head>"
 --                   (the head last: it may hold any text)
 -- KEYS[2] hx  ZSET  field -> expiry ms (server clock), to sweep expired fields
--- Both share the hash tag of the lock whose resource they sit beside (_redis_scripts.py).
+-- Both share the hash tag of the lock whose resource they sit beside (redis/_scripts.py).
 -- ARGV[1] "swap" or "drop"
 -- ARGV[2] field (swap)
 -- ARGV[3] "a" (no precondition) or "=" .. expected head; an absent record satisfies any

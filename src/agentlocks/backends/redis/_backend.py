@@ -24,9 +24,9 @@ Requests of one process reach the queue in call order (``Turns``).
 
 Connection model. One pool of command connections (``max_connections``, default 32; a
 script call borrows one for a round trip) plus one pub/sub *inbox* connection per backend,
-on which its grants arrive: waiting costs no connection per task (``_redis_waiting.py``).
+on which its grants arrive: waiting costs no connection per task (``redis/_waiting.py``).
 A user's own client (``connect(redis=client)``) is used for commands and never closed; the
-inbox is then one extra connection made with that client's settings (``_redis_link.py``).
+inbox is then one extra connection made with that client's settings (``redis/_link.py``).
 
 Tokens. ``max(server time in µs, last token + 1)``: strictly increasing per key across
 all clients and restarts of clients. The last token outlives the other keys by 10 minutes,
@@ -37,7 +37,7 @@ batched renewal (one pipelined round trip per batch); a queued request's deadlin
 ``lease_ttl`` too), renewed by the waiter's keep-alive. A lock's keys expire when its last
 lease and deadline run out. A crashed holder's lock reaches the next waiter when its lease
 ends: waiters re-check at that moment, which the server tells them. A waiter whose
-process died is skipped at hand-off (nobody receives its grant; ``_redis_waiting.py``).
+process died is skipped at hand-off (nobody receives its grant; ``redis/_waiting.py``).
 A registry's generation has no TTL (one small key per registry name): one that expired
 would go backwards. It shares the hash tag of the registry's lock, so that a publish is
 fenced by the writer's grant in one script. Like every other key it is lost with the
@@ -62,13 +62,20 @@ from typing import Any, ClassVar, cast
 
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import Settings
+from agentlocks.backends._base import (
+    Grant,
+    HeadSwap,
+    HolderInfo,
+    LostCallback,
+    SignalCallback,
+    describe,
+)
 from agentlocks.errors import BackendError, Busy, QueueFull
 
-from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
-from ._redis_heads import drop_heads, swap_head
-from ._redis_link import OPTION_NAMES, Link
-from ._redis_names import acquire_keys, find_resources
-from ._redis_scripts import (
+from ._heads import drop_heads, swap_head
+from ._link import OPTION_NAMES, Link
+from ._names import acquire_keys, find_resources
+from ._scripts import (
     ACQUIRE,
     GENERATION,
     INBOX_PREFIX,
@@ -82,9 +89,9 @@ from ._redis_scripts import (
     generation_key,
     lock_keys,
 )
-from ._redis_shards import ShardInbox
-from ._redis_signals import RedisSignals
-from ._redis_waiting import Skipped, Turns, Waiter, WaitRoom
+from ._shards import ShardInbox
+from ._signals import RedisSignals
+from ._waiting import Skipped, Turns, Waiter, WaitRoom
 
 __all__ = ["RedisBackend", "RedisHandle"]
 
@@ -123,7 +130,7 @@ class RedisBackend:
         self._room = WaitRoom(
             self._open_inbox, self._refresh, tasks, self._shard_inbox if shards else None
         )
-        self._signals = RedisSignals(self._link, self._namespace, tasks)  # _redis_signals.py
+        self._signals = RedisSignals(self._link, self._namespace, tasks)  # redis/_signals.py
         self._closed = False
 
     def __repr__(self) -> str:
@@ -223,7 +230,7 @@ class RedisBackend:
                 return await waiter.future
             except Skipped:
                 pass
-            # Skipped as a dead waiter while our inbox was down (_redis_waiting.py): we
+            # Skipped as a dead waiter while our inbox was down (redis/_waiting.py): we
             # are alive, so queue again, as a new arrival (the place went with the inbox).
             await self._room.inbox.start(keys)
             if not self._turns.take_now(resource):
@@ -314,7 +321,7 @@ class RedisBackend:
         return tuple(holders), int(reply[0])
 
     async def keys(self, prefix: str) -> list[str]:
-        """Resources named ``prefix...`` in use in this namespace (SCAN; ``_redis_names.py``)."""
+        """Resources named ``prefix...`` in use in this namespace (SCAN; ``redis/_names.py``)."""
         return await find_resources(
             self._link.command, self._link.pipeline, self._namespace, prefix
         )

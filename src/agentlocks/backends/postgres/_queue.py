@@ -14,11 +14,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._base import Grant
+from agentlocks.backends._base import Grant
 
 if TYPE_CHECKING:
-    from ._pg_connection import Session
-    from ._pg_sql import Keys
+    from ._connection import Session
+    from ._sql import Keys
 
 
 class Kind(enum.Enum):
@@ -41,7 +41,7 @@ class Hold:
         self.slot = slot
         self.keys = keys
         self.released = False  # released, or lost with its connection
-        # The context's set of held grants this grant is in (``_pg_spares.holdings``).
+        # The context's set of held grants this grant is in (``_spares.holdings``).
         self.holders: set[Grant] | None = None
 
     def __repr__(self) -> str:
@@ -95,7 +95,7 @@ class KeyState:
         self.active: Request | None = None
         self.batch: list[Request] = []  # taken from the queue to be granted with ``active``
         self.remote: set[Request] = set()  # bypassing requests (``can_bypass``)
-        # The queue's length as published for other processes (``_pg_tickets.py``).
+        # The queue's length as published for other processes (``postgres/_tickets.py``).
         self.on_change = on_change  # called whenever the queue's length changed
         self.published = 0
         self.ticket_session: Session | None = None
@@ -161,7 +161,7 @@ class KeyState:
         """This process's waiting requests that ``pg_locks`` does not show.
 
         The local queue, plus requests queued for a spare session (the spare budget is
-        spent): what ``_pg_tickets.py`` publishes.
+        spent): what ``postgres/_tickets.py`` publishes.
         """
         return len(self.queue) + sum(r.in_line for r in self.deciders())
 

@@ -6,7 +6,7 @@ local INBOX = 'agentlocks:inbox:'
 
 -- Tell a waiter's coordinator of its grant; answers how many connections heard it. Here a
 -- PUBLISH to the coordinator's inbox (one server, or a Sentinel primary). The Redis Cluster
--- variant of each script (_redis_scripts.py, cluster_variant) replaces the @publish line:
+-- variant of each script (redis/_scripts.py, cluster_variant) replaces the @publish line:
 -- SPUBLISH on the lock's own shard channel "agentlocks:inbox:{<tag>}:<coordinator id>",
 -- which stays on the slot's shard (no broadcast to every node) and is counted there.
 local function publish(id, token)
@@ -55,7 +55,7 @@ end
 -- 0 means nobody listens on the waiter's inbox any more (its process died, or its inbox
 -- connection dropped). That grant is taken back at once (its token is simply never used)
 -- and the next waiter is served, so a dead waiter cannot hold the queue up for a lease.
--- Invariant (see _redis_waiting.py): a request is queued only while its coordinator's
+-- Invariant (see redis/_waiting.py): a request is queued only while its coordinator's
 -- inbox subscription is confirmed, and that subscription lasts as long as its connection,
 -- so a live waiter is skipped only across a dropped inbox, and then it queues again
 -- itself. (Needs the count to include every receiver: PUBLISH on one server; on a Redis

@@ -1,6 +1,6 @@
 """Publishing how many requests wait in this process's local queues, for ``max_waiting``.
 
-Each process sends only the head of a key's local FIFO to the server (``_pg_queue.py``), so
+Each process sends only the head of a key's local FIFO to the server (``postgres/_queue.py``), so
 ``pg_locks`` shows other processes' heads but not the requests queued behind them. To count
 those cluster-wide, a process publishes the length of each local queue as advisory locks:
 bit ``b`` of the length set <=> this process holds ``ticket_base + b`` in shared mode (shared,
@@ -33,10 +33,10 @@ from collections.abc import Callable
 
 from agentlocks._tasks import TaskSupervisor
 
-from ._pg_connection import Session
-from ._pg_queue import KeyState
-from ._pg_session import Sessions
-from ._pg_sql import TICKET_BITS, Sql
+from ._connection import Session
+from ._queue import KeyState
+from ._session import Sessions
+from ._sql import TICKET_BITS, Sql
 
 logger = logging.getLogger("agentlocks")
 

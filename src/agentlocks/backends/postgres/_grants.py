@@ -22,15 +22,15 @@ from typing import Any
 import asyncpg
 
 from agentlocks._tasks import TaskSupervisor, finish
+from agentlocks.backends._base import Grant, describe
 from agentlocks.errors import BackendError
 
-from ._base import Grant, describe
-from ._pg_connection import PgBouncerDetected, Session, timeout_ms
-from ._pg_liveness import Liveness
-from ._pg_queue import Hold, KeyState, Kind, Request
-from ._pg_session import Sessions
-from ._pg_spares import holds_any
-from ._pg_sql import Sql
+from ._connection import PgBouncerDetected, Session, timeout_ms
+from ._liveness import Liveness
+from ._queue import Hold, KeyState, Kind, Request
+from ._session import Sessions
+from ._spares import holds_any
+from ._sql import Sql
 
 DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -223,7 +223,7 @@ class Grants:
 
     async def _spare_for(self, state: KeyState, request: Request) -> Session:
         """The spare ``request`` waits on; while it queues for one, it is published as
-        waiting (``_pg_tickets.py``): ``pg_locks`` shows it only once it waits there."""
+        waiting (``postgres/_tickets.py``): ``pg_locks`` shows it only once it waits there."""
         exempt = holds_any()
         if not self._sessions.spare_free(exempt):
             request.in_line = True
@@ -327,7 +327,7 @@ class Grants:
 
         Runs to its end on the server even if the caller is cancelled, repeatedly
         (``PostgresBackend.release_finishes``): nothing below suspends before the unlock
-        is queued, a fast-path unlock waits on an Outcome (``_pg_batch.py``) and the
+        is queued, a fast-path unlock waits on an Outcome (``postgres/_batch.py``) and the
         others run under ``finish``. The caller's cancellation is raised afterwards.
         """
         hold = grant.handle

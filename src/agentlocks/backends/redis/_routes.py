@@ -3,7 +3,7 @@
 redis-py's ``RedisCluster`` keeps the slot map (which master owns which slot) and is used
 for everything rare (``SCRIPT LOAD``, ``CONFIG GET``, topology refresh). The hot path, a
 lock script, goes straight to its slot's master on a connection of ours, like
-``_redis_link.py`` does on one server: the cluster client's per-command machinery costs
+``redis/_link.py`` does on one server: the cluster client's per-command machinery costs
 about as much CPU as the round trip itself. A batch (renewals) is split by master and sent
 as one pipeline per master, concurrently.
 

@@ -1,12 +1,12 @@
 """Every advisory lock of the database, for ``agentlocks inspect`` on PostgreSQL.
 
 PostgreSQL keeps no record of agentlocks' key names: a resource is a 64-bit hash
-(``_pg_sql.py``), and a table of names written on first use would be state that never
+(``postgres/_sql.py``), and a table of names written on first use would be state that never
 expires by itself (API.md guarantee 9) plus a write per new key. So enumeration reports
 advisory locks *by key*: from ``pg_locks``, with each session's ``application_name``
 (agentlocks sessions say ``agentlocks`` unless configured otherwise) and, for waiters,
 how long they have waited (``waitstart``, PostgreSQL >= 14). A caller who knows a key name
-matches it to its hashes with :func:`~agentlocks.backends._pg_sql.keys_for`.
+matches it to its hashes with :func:`~agentlocks.backends.postgres._sql.keys_for`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from agentlocks.errors import BackendError
 
-from ._pg_grants import DRIVER_ERRORS
+from ._grants import DRIVER_ERRORS
 
 if TYPE_CHECKING:
-    from ._pg_session import Sessions
+    from ._session import Sessions
 
 __all__ = ["AdvisoryLock", "advisory_locks"]
 

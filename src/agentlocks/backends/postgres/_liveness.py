@@ -8,7 +8,7 @@ dropped. Dropping it reports its grants lost: the server may still hold them, bu
 process can no longer prove it, and a lease must never be reported held when it may not be.
 
 The same pings carry each session's *server-side lease* (``idle_session_timeout``, see
-``_pg_connection.py``): the server ends a session nothing reached for that long, so a
+``postgres/_connection.py``): the server ends a session nothing reached for that long, so a
 holder cut off silently loses its locks on the server within about ``lease_ttl`` (through
 a proxy too, where TCP keepalives never fire: the server's socket stays healthy). So every
 session with a lease is pinged well within it, a third of the lease after its last answer,
@@ -34,8 +34,8 @@ import asyncpg
 from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
-from ._pg_connection import Session, timeout_ms
-from ._pg_session import Sessions
+from ._connection import Session, timeout_ms
+from ._session import Sessions
 
 logger = logging.getLogger("agentlocks")
 

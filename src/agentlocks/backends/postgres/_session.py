@@ -7,7 +7,7 @@ connections are not interchangeable here as they are in an ordinary pool. Each
 * **shared sessions** (at most ``pool_size``) run short statements that never wait in the
   server: fast-path acquires (``pg_try_advisory_lock``), releases, ``inspect``. Statements
   are serialised per connection (asyncpg runs one at a time), and under load the hottest
-  ones are coalesced into one statement (``_pg_batch.py``); any number of grants live on
+  ones are coalesced into one statement (``postgres/_batch.py``); any number of grants live on
   one shared session.
 * **spare sessions** run one blocking statement: a request waiting in the server's lock
   queue. A spare holds nothing when it starts waiting; if the wait is granted the grant
@@ -22,7 +22,7 @@ When a connection ends for any reason the server has released its locks; the
 Server-side lease. Shared sessions carry ``idle_session_timeout`` = the coordinator's
 ``lease_ttl`` from the moment they open (the fast path sends no extra statement), a spare
 from the moment its wait is granted (``Sql.wait_exclusive``) until its grant is released.
-The liveness loop (``_pg_liveness.py``) keeps every such session busy well within it.
+The liveness loop (``postgres/_liveness.py``) keeps every such session busy well within it.
 
 A borrowed pool (``connect(postgres=pool)``) is shared with the application: this backend
 keeps at most half of the pool's ``max_size`` (``pool_size`` and ``max_spares`` shrink to
@@ -45,9 +45,9 @@ import asyncpg
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks.errors import BackendError
 
-from ._pg_connection import IDLE_TIMEOUT, IDLE_TIMEOUT_OLD, ServerFull, Session, timeout_ms
-from ._pg_spares import SpareBudget
-from ._pg_sql import Sql
+from ._connection import IDLE_TIMEOUT, IDLE_TIMEOUT_OLD, ServerFull, Session, timeout_ms
+from ._spares import SpareBudget
+from ._sql import Sql
 
 T = TypeVar("T")
 
@@ -367,7 +367,7 @@ class Sessions:
         return session
 
     async def spare(self, exempt: bool) -> Session:
-        """A clean session for one blocking wait, within the budget (``_pg_spares.py``).
+        """A clean session for one blocking wait, within the budget (``postgres/_spares.py``).
 
         ``exempt``: the caller's task holds a grant already, so it must not wait for the
         budget (that could deadlock); it may exceed it.

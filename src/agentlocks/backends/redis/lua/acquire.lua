@@ -5,7 +5,7 @@
 -- ARGV[1] the request "id|mode|capacity|ttl" (its queue member)
 -- ARGV[2] "wait|max_waiting|enqueue": wait 1 or 0; max_waiting -1 for none; enqueue 1 may
 --         queue the request, 0 only probes (the caller's inbox is not subscribed yet)
--- ARGV[3] the name record "<len(namespace)>:<namespace>:<resource>" (_redis_names.py)
+-- ARGV[3] the name record "<len(namespace)>:<namespace>:<resource>" (redis/_names.py)
 -- Returns:
 --   {1, token}    granted now: holder member "id|mode|token", lease of ttl ms
 --   {0, expiry}   queued with a deadline of ttl ms; expiry = ms until the first holder's

@@ -14,7 +14,7 @@
   idempotent per request, so a repeat cannot do anything twice.
 * A user's own client (``connect(redis=client)``) is used through its public API and
   never closed.
-* Every call is bounded by ``socket_timeout`` (one shared timer, ``_redis_flow.py``), and
+* Every call is bounded by ``socket_timeout`` (one shared timer, ``redis/_flow.py``), and
   cleanup calls (release, withdrawal) by their lease's TTL if that is shorter; renewals get
   their deadline from the coordinator (their lease), not from ``socket_timeout``; new
   connections by ``connect_timeout``. Driver errors become ``BackendError`` with the driver
@@ -41,10 +41,10 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import BackendError, ConfigError
 
-from ._redis_clients import DEPLOYMENT_OPTIONS, ClusterCalls, parse_deployment, sentinel_pool
-from ._redis_flow import CallTimer, Gate
-from ._redis_routes import ReplicaShortfall
-from ._redis_scripts import Call, Script, cluster_variant, run_batch, run_script
+from ._clients import DEPLOYMENT_OPTIONS, ClusterCalls, parse_deployment, sentinel_pool
+from ._flow import CallTimer, Gate
+from ._routes import ReplicaShortfall
+from ._scripts import Call, Script, cluster_variant, run_batch, run_script
 
 __all__ = ["OPTION_NAMES", "Link"]
 
@@ -116,7 +116,7 @@ class Link:
             self._tasks.spawn(self._check_eviction(), name="redis eviction policy check")
         if self.deployment.kind == "cluster":
             # redis-py's RedisCluster routes each call to its slot's master and follows
-            # MOVED / ASK and failovers (_redis_clients.py); ours is closed by aclose().
+            # MOVED / ASK and failovers (redis/_clients.py); ours is closed by aclose().
             self.cluster = ClusterCalls(
                 self.deployment, self._user_client, self.connect_timeout,
                 self.max_connections, self._ssl, self.client_name,
@@ -385,7 +385,7 @@ class Link:
         if isinstance(model, ClusterCalls):
             # Classic pub/sub on a cluster: a message published on any node reaches the
             # subscribers of every node, so any master will do (the grants' hand-off uses
-            # sharded pub/sub instead: _redis_shards.py). Chosen anew on every reconnect.
+            # sharded pub/sub instead: redis/_shards.py). Chosen anew on every reconnect.
             model = (await model.masters())[0]
         conn = await self.open_subscriber(model.connection_class, model.connection_kwargs)
         try:

@@ -29,7 +29,7 @@ import contextlib
 from collections import deque
 from contextvars import ContextVar
 
-from ._base import Grant
+from agentlocks.backends._base import Grant
 
 #: The grants held by the current task's context: its own, and its parent's (child tasks get
 #: a copy of the context, so they share the parent's set). Released grants leave it.

@@ -3,7 +3,7 @@
 Three deployments share one backend (``redis.py``) and differ only in how a command finds
 its server:
 
-* ``redis://`` / ``rediss://``: one server; our own connections (``_redis_link.py``).
+* ``redis://`` / ``rediss://``: one server; our own connections (``redis/_link.py``).
 * ``redis+cluster://h1:7000,h2:7001`` / ``rediss+cluster://``: a Redis Cluster, through
   redis-py's ``RedisCluster``, which routes each script call to the master of its keys'
   slot and follows ``MOVED`` / ``ASK`` redirections (a slot being migrated) and topology
@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from agentlocks._url import Settings, parse_hosts
 from agentlocks.errors import ConfigError
 
-from ._redis_routes import Routes
+from ._routes import Routes
 
 __all__ = [
     "DEPLOYMENT_OPTIONS",
@@ -172,7 +172,7 @@ class ClusterCalls:
     """Script calls on a Redis Cluster: each routed to the master of its keys' slot.
 
     With our own ``RedisCluster`` (a ``redis+cluster://`` URL), lock scripts go to their
-    master on connections of ours (``_redis_routes.py``: fast, ``WAIT`` possible); a
+    master on connections of ours (``redis/_routes.py``: fast, ``WAIT`` possible); a
     borrowed client is used through its public API. Either way ``MOVED`` (slot moved for
     good: the slot map is refreshed), ``ASK`` (slot being migrated: sent once to the
     importing node), ``TRYAGAIN`` and connection errors (a failover: the topology is read

@@ -6,7 +6,7 @@ process collapse into one row. So holders and waiters of *this* process come fro
 records (exact), and only other processes' come from ``pg_locks``: one holder per holding
 session (token 0 and age 0.0: unknown to us), one waiter per waiting session, plus the
 requests each process queues behind its own waiter (the lengths they publish,
-``_pg_tickets.py``).
+``postgres/_tickets.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._base import HolderInfo
-from ._pg_queue import KeyState, Request
-from ._pg_sql import TICKET_BITS, Keys
+from agentlocks.backends._base import HolderInfo
+
+from ._queue import KeyState, Request
+from ._sql import TICKET_BITS, Keys
 
 
 def _ticket_bit(key: int, keys: Keys) -> int | None:
@@ -26,7 +27,7 @@ def _ticket_bit(key: int, keys: Keys) -> int | None:
 
 def foreign_waiting(rows: list[Any], own: frozenset[int], keys: Keys, semaphore: bool) -> int:
     """Requests of other processes waiting on these keys: in the server, or queued locally
-    behind their head (the length each process publishes, ``_pg_tickets.py``)."""
+    behind their head (the length each process publishes, ``postgres/_tickets.py``)."""
     count = 0
     for r in rows:
         if r["pid"] in own:

@@ -4,7 +4,7 @@ A session-level advisory lock belongs to the server session (connection) that to
 :class:`Session` records the grants whose locks it holds. A statement that can take or
 drop a lock is never cut short by a cancelled caller: it runs under
 :func:`agentlocks._tasks.finish` (``run``, ``fetch``), or in the session's worker
-(``_pg_batch.py``). ``Sessions`` (``_pg_session.py``) opens, lends and closes them.
+(``postgres/_batch.py``). ``Sessions`` (``postgres/_session.py``) opens, lends and closes them.
 
 Server-side lease. A session that holds grants carries ``idle_session_timeout`` (PostgreSQL
 >= 14): if nothing reaches it for that long (its client was cut off silently, or its event
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agentlocks._tasks import finish
+from agentlocks.backends._base import Grant
 from agentlocks.errors import BackendError
 
-from ._base import Grant
-from ._pg_batch import Coalescer
-from ._pg_sql import Sql
+from ._batch import Coalescer
+from ._sql import Sql
 
 if TYPE_CHECKING:
     from agentlocks._tasks import TaskSupervisor
@@ -86,7 +86,7 @@ class Session:
         self.idle_timeout = idle_timeout
         self.guc = guc
         self.pinging: Any = None  # the liveness ping in flight, if any
-        # Shared sessions coalesce their queued fast paths and releases (``_pg_batch.py``).
+        # Shared sessions coalesce their queued fast paths and releases (``postgres/_batch.py``).
         self.coalescer = (
             Coalescer(self, sql, tasks)
             if shared and sql is not None and tasks is not None

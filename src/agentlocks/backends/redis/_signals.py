@@ -8,7 +8,7 @@ record and publishes, in one script: one round trip per signal.
 Push. Every signal of a namespace is published on one channel,
 ``agentlocks:signals:<hash of the namespace>``, as ``"<kind>:<tag> <mark>"``. Each backend
 that watches anything keeps one pub/sub connection subscribed to it (the same reader as
-the lock inbox, ``_redis_waiting.Inbox``: reconnects with back-off), and hands each message
+the lock inbox, ``_waiting.Inbox``: reconnects with back-off), and hands each message
 to the watches of that tag. So a watch costs no subscribe round trip and no connection of
 its own; the price is that every watching process of the namespace sees every signal and
 drops those for locks it does not watch (signals are rare: one per interrupted run).
@@ -32,12 +32,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 from agentlocks._tasks import TaskSupervisor
+from agentlocks.backends._base import SignalCallback, deliver_safely
 from agentlocks.errors import BackendError
 
-from ._base import SignalCallback, deliver_safely
-from ._redis_link import Link
-from ._redis_scripts import _load, lock_keys
-from ._redis_waiting import Inbox
+from ._link import Link
+from ._scripts import _load, lock_keys
+from ._waiting import Inbox
 
 __all__ = ["SIGNALS", "RedisSignals", "signal_keys"]
 

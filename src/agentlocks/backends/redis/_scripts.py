@@ -64,7 +64,7 @@ class Script:
 
 
 def _load(name: str) -> Script:
-    folder = files("agentlocks.backends") / "lua"
+    folder = files("agentlocks.backends.redis") / "lua"
     text = (folder / f"{name}.lua").read_text("utf-8")
     for part in ("core", "lib"):
         marker = f"\n-- @{part}\n"

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Final
 
 from agentlocks._tasks import finish
+from agentlocks.backends._base import HeadSwap
 
-from ._base import HeadSwap
-from ._pg_connection import Session
-from ._pg_grants import DRIVER_ERRORS
-from ._pg_session import Sessions
-from ._pg_sql import Sql
+from ._connection import Session
+from ._grants import DRIVER_ERRORS
+from ._session import Sessions
+from ._sql import Sql
 
 __all__ = ["PgHeads"]
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Final, Literal
 
-from ._base import HeadSwap
-from ._redis_link import Link
-from ._redis_scripts import HEADS, head_keys
+from agentlocks.backends._base import HeadSwap
+
+from ._link import Link
+from ._scripts import HEADS, head_keys
 
 __all__ = ["drop_heads", "swap_head"]
 

@@ -55,8 +55,8 @@ from typing import Any
 from agentlocks._tasks import TaskSupervisor
 from agentlocks.errors import BackendError
 
-from ._redis_flow import Gate
-from ._redis_scripts import LockKeys
+from ._flow import Gate
+from ._scripts import LockKeys
 
 __all__ = ["Inbox", "Skipped", "Turns", "WaitRoom", "Waiter"]
 
@@ -150,7 +150,7 @@ Refresh = Callable[[Sequence[Waiter]], Awaitable[list[Any]]]
 
 
 MakeInbox = Callable[[Callable[[str, int], None], Callable[[], None], dict[str, Waiter]], Any]
-"""Build another inbox (a cluster's, ``_redis_shards.py``) from deliver, recheck, waiters."""
+"""Build another inbox (a cluster's, ``redis/_shards.py``) from deliver, recheck, waiters."""
 
 
 class Inbox:

@@ -9,7 +9,7 @@ from typing import Final
 
 from agentlocks.errors import ConfigError
 
-from ._pg_sql import DEFAULT_SCHEMA
+from ._sql import DEFAULT_SCHEMA
 
 #: Option names accepted in the URL query or as ``connect()`` keywords.
 OPTION_NAMES: Final = frozenset(
@@ -37,10 +37,10 @@ class PgOptions:
             a crashed holder) is noticed.
         pool_size: Shared sessions (fast-path grants, releases, queries).
         max_idle: Clean spare sessions kept open for the next wait (more are kept while
-            in use recently, and closed after ``_pg_session.IDLE_LINGER`` seconds unused).
+            in use recently, and closed after ``_session.IDLE_LINGER`` seconds unused).
         max_spares: Spare sessions lent at once (one per key waited on in the server, kept
             by the grant it wins); further waits queue FIFO for one to come back. A task
-            that already holds a grant may exceed it (see ``_pg_spares.py``).
+            that already holds a grant may exceed it (see ``postgres/_spares.py``).
         spare_patience: Seconds a wait queues for a spare before it takes one beyond
             ``max_spares`` (a soft bound: leases held across tasks cannot deadlock on it).
         schema: Schema of the token sequence and the generation table: always

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agentlocks._tasks import TaskSupervisor
 
-    from ._pg_connection import Session
-    from ._pg_sql import Sql
+    from ._connection import Session
+    from ._sql import Sql
 
 #: At most this many operations per statement (bounded statement size and latency).
 MAX_BATCH = 256

@@ -24,7 +24,7 @@ _SIGNED: Final = 1 << 63
 #: Semaphore slot keys are ``base + i``; ``base`` is kept this far below the top of the key
 #: space so that the addition never overflows a bigint.
 MAX_SLOTS: Final = 1 << 31
-#: A local queue's length is published in this many bits (``_pg_tickets.py``).
+#: A local queue's length is published in this many bits (``postgres/_tickets.py``).
 TICKET_BITS: Final = 32
 
 
@@ -44,7 +44,7 @@ class Keys:
     hold: int
     slot_base: int
     ticket_base: int
-    """Bit ``b`` of a process's local queue length: key ``ticket_base + b`` (``_pg_tickets``)."""
+    """Bit ``b`` of a process's local queue length: key ``ticket_base + b`` (``_tickets``)."""
     channel: str
     """LISTEN/NOTIFY channel on which semaphore releases wake the waiting head."""
 
@@ -104,7 +104,7 @@ class Sql:
         )
         self.exists = "SELECT to_regclass($1) IS NOT NULL"
         self.heads = prefix + "agentlocks_heads"
-        # Head records (``_pg_heads.py``): one row per (namespace, resource, field).
+        # Head records (``postgres/_heads.py``): one row per (namespace, resource, field).
         self.bootstrap_heads = (
             f"CREATE TABLE IF NOT EXISTS {self.heads} (namespace text NOT NULL,"
             " resource text NOT NULL, field text NOT NULL, head text NOT NULL, token bigint,"
@@ -141,7 +141,7 @@ class Sql:
             " END, pg_backend_pid()"
         )
 
-        # Coalesced fast paths and releases of one shared session (``_pg_batch.py``):
+        # Coalesced fast paths and releases of one shared session (``postgres/_batch.py``):
         # releases ($1 hold keys, $2 shared flags) first, then exclusive tries ($3 gates,
         # $4 holds) in order, each exactly like ``try_exclusive``. Returns (array of
         # tokens or NULLs, in try order; backend pid; array of the unlocks' answers).
@@ -235,7 +235,7 @@ class Sql:
             " AS l WHERE key = ANY($1::bigint[]) OR key BETWEEN $2 AND $3"
             " OR key BETWEEN $4 AND $5"
         )
-        # Published local-queue lengths (``_pg_tickets.py``): take the bit keys $1, drop the
+        # Published local-queue lengths (``postgres/_tickets.py``): take the bit keys $1, drop the
         # bit keys $2. Never waits: nobody holds a bit key exclusively.
         self.publish_bits = (
             "WITH d AS MATERIALIZED (SELECT count(pg_advisory_unlock_shared(k)) AS n"

@@ -2,7 +2,7 @@
 
 Keys and collisions. Each resource (namespace + ``"l:key"``) hashes to a stable signed
 64-bit BLAKE2b value; a lock uses two advisory keys that differ only in the low bit, the
-*gate* and the *hold* (``_pg_sql.py``). Two resources share a lock with probability
+*gate* and the *hold* (``postgres/_sql.py``). Two resources share a lock with probability
 2**-63, so with ``n`` resources in use at once the chance that any two collide is about
 ``n**2 / 2**64`` (one in 18 million for a million live keys). A collision never breaks
 exclusion: the two keys merely queue behind each other (a task holding one while
@@ -13,12 +13,12 @@ Waiting is the server's own lock queue. A request first tries the fast path on a
 session, in one statement: pass the gate shared, take the hold with
 ``pg_try_advisory_lock``, let go of the gate, draw the token (under load, the fast paths
 and releases queued on one shared session go out together as one statement:
-``_pg_batch.py``). The gate is held exclusively
+``postgres/_batch.py``). The gate is held exclusively
 (or waited for) only by queued requests, so the fast path fails while anyone queues: no
 barging. Otherwise the request waits on a *spare* session with ``pg_advisory_lock(gate)``
 then ``pg_advisory_lock(hold)``: PostgreSQL queues it FIFO, makes later shared requests
 wait behind a queued exclusive one, and grants it *within* the holder's unlock (pushed, no
-polling). In front of the server, each process keeps a FIFO per key (``_pg_queue.py``):
+polling). In front of the server, each process keeps a FIFO per key (``postgres/_queue.py``):
 only its head talks to the server, and the requests behind it that can share its grant
 (adjacent shared requests, or semaphore requests up to the free capacity) are granted in
 the same statement. So a process's requests are granted in exactly the order it made
@@ -42,7 +42,7 @@ and then goes back to an idle list (spares beyond ``max_idle`` are closed after 
 unused, so a busy key reuses its spares); plus one LISTEN connection
 once a semaphore is waited on. So 1,000 locks taken without contention cost at most
 ``pool_size`` connections, and 200 tasks queued on one key cost one spare. At most
-``max_spares`` spares (default 32) are lent at once (``_pg_spares.py``): past that, and
+``max_spares`` spares (default 32) are lent at once (``postgres/_spares.py``): past that, and
 when the server refuses a connection while some of ours are lent, a wait queues FIFO for
 a spare to come back, within its ``timeout``. The bound is soft so that it never
 deadlocks: a task that already holds a grant never waits for a spare (it could hold what
@@ -66,7 +66,7 @@ reports every grant on it to ``on_lost`` at once; the coordinator cancels the ho
 blocks. A silent holder (partitioned, or its loop stalled) is freed by the server itself:
 sessions holding grants carry ``idle_session_timeout`` = ``lease_ttl`` (a server-side
 lease), which ``renew`` (one ping per session holding the renewed grants, every third of
-a TTL) and the liveness loop (``_pg_liveness.py``) keep from firing on a healthy holder.
+a TTL) and the liveness loop (``postgres/_liveness.py``) keep from firing on a healthy holder.
 The liveness loop also drops a session that does not answer a ping within
 ``liveness_interval`` (default 2 s). Sessions turn off ``statement_timeout`` and
 ``lock_timeout``, which a database default could set against them.
@@ -80,11 +80,11 @@ sends no notification: the head notices it within ``liveness_interval``.
 Counting waiters cluster-wide (``max_waiting``, ``inspect``). This process's come from its
 own queue. Other processes' heads show in ``pg_locks`` (queued, or holding a semaphore's
 gate); the requests queued behind them do not, so every process publishes each local
-queue's length as a few shared advisory locks, one per set bit (``_pg_tickets.py``).
+queue's length as a few shared advisory locks, one per set bit (``postgres/_tickets.py``).
 
-Cancellation (``_pg_grants.py``). Statements that can grant never yield to a cancelled
+Cancellation (``postgres/_grants.py``). Statements that can grant never yield to a cancelled
 caller half way: they run under ``agentlocks._tasks.finish``, or in a shared session's
-batch worker whose outcomes refuse ``cancel()`` (``_pg_batch.Outcome``), so a cancelled
+batch worker whose outcomes refuse ``cancel()`` (``_batch.Outcome``), so a cancelled
 caller never leaves a grant nobody knows about: the statement finishes and what it
 granted is released before the cancellation propagates. A server-side wait is
 cancelled on the server (asyncpg's cancel request); then the spare runs
@@ -98,7 +98,7 @@ PgBouncer in transaction or statement pooling mode silently breaks session-level
 it again: a pid that changes raises ``BackendError`` naming the cause. Connect directly,
 or through session pooling.
 
-Options (``_pg_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
+Options (``postgres/_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
 (seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``max_spares``
 (default 32), ``spare_patience`` (seconds, default 1), ``schema`` (of
 the sequence and the ``agentlocks_generations`` table; default ``public``),
@@ -116,22 +116,29 @@ from urllib.parse import urlsplit
 
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import COMMON_OPTIONS, Settings
+from agentlocks.backends._base import (
+    Grant,
+    HeadSwap,
+    HolderInfo,
+    LostCallback,
+    SignalCallback,
+    describe,
+)
 from agentlocks.errors import AgentLocksError, BackendError, Busy, ConfigError, QueueFull
 
-from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
-from ._pg_connection import Session, driver_dsn
-from ._pg_enumerate import AdvisoryLock, advisory_locks
-from ._pg_grants import DRIVER_ERRORS, Grants
-from ._pg_heads import PgHeads
-from ._pg_liveness import Liveness
-from ._pg_observe import foreign_waiting, granted_unrecorded, snapshot
-from ._pg_options import OPTION_NAMES, parse_options
-from ._pg_queue import Hold, KeyState, Request
-from ._pg_session import Sessions
-from ._pg_signals import PgSignals
-from ._pg_spares import holdings, holds_any
-from ._pg_sql import MAX_SLOTS, TICKET_BITS, Keys, Sql, keys_for
-from ._pg_tickets import WaitCounts
+from ._connection import Session, driver_dsn
+from ._enumerate import AdvisoryLock, advisory_locks
+from ._grants import DRIVER_ERRORS, Grants
+from ._heads import PgHeads
+from ._liveness import Liveness
+from ._observe import foreign_waiting, granted_unrecorded, snapshot
+from ._options import OPTION_NAMES, parse_options
+from ._queue import Hold, KeyState, Request
+from ._session import Sessions
+from ._signals import PgSignals
+from ._spares import holdings, holds_any
+from ._sql import MAX_SLOTS, TICKET_BITS, Keys, Sql, keys_for
+from ._tickets import WaitCounts
 
 __all__ = ["PostgresBackend"]
 
@@ -141,7 +148,7 @@ logger = logging.getLogger("agentlocks")
 
 
 def _held_here(grant: Grant) -> Grant:
-    """Record ``grant`` as held by the calling task's context (see ``_pg_spares.py``)."""
+    """Record ``grant`` as held by the calling task's context (see ``postgres/_spares.py``)."""
     hold = grant.handle
     assert isinstance(hold, Hold)
     hold.holders = holdings()
@@ -155,7 +162,7 @@ class PostgresBackend:
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
     # release() never lets its caller's cancellation cut it short: fast-path releases wait
-    # on an Outcome (_pg_batch.py), the others run under finish (_pg_grants.Grants.release).
+    # on an Outcome (postgres/_batch.py), the others run under finish (_grants.Grants.release).
     release_finishes: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
@@ -198,7 +205,7 @@ class PostgresBackend:
         self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle, tasks)
         self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
         self._heads = PgHeads(self._sessions, self._sql, self._namespace, self._error)
-        # Signals to holders (on_busy="interrupt"): _pg_signals.py.
+        # Signals to holders (on_busy="interrupt"): postgres/_signals.py.
         self._signals = PgSignals(self._sessions, self._sql, self._namespace, tasks)
         # Tasks inside acquire(), so aclose() can fail them at once (API.md, "Connecting"),
         # and those aclose() cancelled for that purpose.
@@ -375,7 +382,7 @@ class PostgresBackend:
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
         # One ping per session holding the grants: proves the session alive and restarts
-        # its server-side lease (_pg_liveness.py). Cancellable (the renewer gives each
+        # its server-side lease (postgres/_liveness.py). Cancellable (the renewer gives each
         # call a deadline): the pings run on in tasks of their own.
         sessions = {g.handle.session for g in grants if isinstance(g.handle, Hold)}
         await self._liveness.renew(sessions)
@@ -456,7 +463,7 @@ class PostgresBackend:
         return snapshot(rows, self._sessions.pids, keys, state, semaphore)
 
     async def advisory_locks(self) -> list[AdvisoryLock]:
-        """Advisory locks of other sessions in this database, by key (``_pg_enumerate.py``)."""
+        """Advisory locks of other sessions in this database, by key (``_enumerate.py``)."""
         return await advisory_locks(self._sessions, self._error, self._sessions.pids)
 
     # -- registries --------------------------------------------------------------------------------
@@ -489,7 +496,7 @@ class PostgresBackend:
             raise self._error(exc) from exc
         return row is not None
 
-    # -- head records (``_pg_heads.py``) ------------------------------------------------------
+    # -- head records (``_heads.py``) ---------------------------------------------------------
 
     async def swap_head(
         self, resource: str, field: str, expected: str | None, new: str, token: int | None,
@@ -500,7 +507,7 @@ class PostgresBackend:
     async def drop_heads(self, resource: str) -> None:
         await self._heads.drop(resource)
 
-    # -- signals to holders (_pg_signals.py) -------------------------------------------------------
+    # -- signals to holders (_signals.py) ----------------------------------------------------
 
     async def signal(self, resource: str, kind: str, *, ttl: float, mark: int | None = None) -> int:
         return await self._signals.send(resource, kind, ttl, mark)
