@@ -21,6 +21,7 @@ from agentlocks import (
     ConfigError,
     Coordinator,
     InvalidKey,
+    Lease,
     QueueFull,
     Unavailable,
 )
@@ -503,8 +504,11 @@ async def test_acquire_timeout_after_timeout_and_the_wait_leaves_the_queue(
     async def ingest() -> None:
         await gate.wait()
 
-    holder = asyncio.create_task(ingest())
+    # The holder takes the slot without the 0.1 s timeout (a loaded machine can take longer
+    # than that for a first grant); the same semaphore the decorator uses.
+    holder = asyncio.create_task(_hold(coord.semaphore("ingest", 1, timeout=NO_HANG), gate))
     while not (await coord.inspect("ingest", semaphore=True)).held:
+        assert not holder.done(), holder
         await asyncio.sleep(0.002)
     started = time.monotonic()
     with pytest.raises(AcquireTimeout) as caught:
@@ -628,3 +632,9 @@ async def test_a_flooding_user_holds_no_global_slot_while_queued(coord: Coordina
     await asyncio.gather(*flood, return_exceptions=True)
     await assert_idle(coord, "user:a")
     await assert_idle(coord, "ingest", semaphore=True)
+
+
+async def _hold(lease: Lease, gate: asyncio.Event) -> None:
+    """Hold ``lease`` until ``gate`` is set."""
+    async with lease:
+        await gate.wait()

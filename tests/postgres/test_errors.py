@@ -173,10 +173,12 @@ def password_server() -> Iterator[int]:
             **options,  # type: ignore[call-overload]
         )  # fmt: skip
         deadline = time.monotonic() + 30
+        # An open port is not a ready server ("the database system is starting up"):
+        # pg_isready answers 0 only once connections are accepted.
+        ready = [f"{bindir}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]
         while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+            if subprocess.run(ready, check=False).returncode == 0:
+                break
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the password-auth PostgreSQL did not start")
             time.sleep(0.1)
