@@ -257,6 +257,58 @@ async def test_withdrawal_survives_repeated_cancels_while_waiting_for_the_connec
     assert (await other.inspect("one-conn-wait")).holders == ()  # nobody was granted it
 
 
+async def test_release_cancelled_while_its_reply_is_awaited_ends_only_once_it_ran(
+    connect: Connect, raw: aioredis.Redis
+) -> None:
+    """A holder cancelled thrice after its release was sent: CancelledError only once it ran."""
+    coord, other = connect(lease_ttl=20), connect()
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        async with coord.acquire("sent-release"):
+            entered.set()
+            await asyncio.sleep(30)
+
+    holder = asyncio.create_task(hold())
+    await entered.wait()
+    waiter = start(other.acquire("sent-release", timeout=15))
+    await waiting(other, "sent-release", 1)
+    await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # the release is sent, unanswered
+    paused = time.monotonic()
+    for _ in range(3):  # the first cancel starts the release; the others land on its reply
+        holder.cancel()
+        await asyncio.sleep(0.05)
+    assert not holder.done()  # the cancellation waits for the release to run
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    assert time.monotonic() - paused >= 1.4  # (not before the server ran commands again)
+    lease = await asyncio.wait_for(waiter, 5)
+    assert time.monotonic() - paused < 6.0  # handed on by the release, not by the 20 s lease
+    await lease.release()
+
+
+async def test_an_uncontended_release_starts_no_task(connect: Connect) -> None:
+    """release() runs in the caller's task: no task (and no loop turns) per release."""
+    coord = connect()
+    lease = await coord.acquire("no-task")
+    await asyncio.sleep(0.05)  # the renewal task has started and sleeps (its wait_for is a task)
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        await lease.release()
+    finally:
+        loop.set_task_factory(None)
+    assert created == []
+    assert lease.released and not lease.lost
+    assert (await coord.inspect("no-task")).holders == ()
+
+
 # -- 8. dead waiters ---------------------------------------------------------------------------
 
 

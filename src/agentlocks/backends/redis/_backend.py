@@ -50,6 +50,8 @@ password in messages), raised within ``connect_timeout`` / ``socket_timeout``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -115,6 +117,10 @@ class RedisBackend:
 
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
+    # release() reaches the server even if its caller is cancelled, repeatedly: a cancelled
+    # attempt is sent again under finish() (see release), so the coordinator awaits it
+    # directly, without a task per release.
+    release_finishes: ClassVar[bool] = True
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         self._namespace = settings.namespace
@@ -287,8 +293,34 @@ class RedisBackend:
         # was given to someone else): that lease was lost, not released (guarantee 6).
         # Bounded by the lease's TTL: past it the server has freed the grant by itself,
         # so a silent network cannot hold the releasing block for a whole socket_timeout.
-        reply = await self._link.run_within(grant.lease_ttl, RELEASE, handle.keys, handle.member)
+        #
+        # Invariant (release_finishes): the release reaches the server even if our caller
+        # is cancelled, once or again and again. The common case runs in the caller's own
+        # task (no task, no extra loop turns per release). A cancellation can cut that
+        # attempt anywhere: before its command was written (waiting for a connection),
+        # or after (its reply unread; redis-py then drops the connection, and the server
+        # may or may not have run it yet). Either way the release is sent once more under
+        # finish(), which absorbs further cancels, and only then is the cancellation
+        # raised: as with finish() alone, a caller that sees CancelledError has had its
+        # release run. Sending it twice is harmless: the holder member carries the
+        # grant's unique token, so a repeat finds nothing to remove and only hands on
+        # what the lock's state already allows (release.lua is idempotent).
+        try:
+            reply = await self._link.run_within(
+                grant.lease_ttl, RELEASE, handle.keys, handle.member
+            )
+        except asyncio.CancelledError as cancelled:
+            # Cancelled again meanwhile: the first cancellation is raised, once.
+            with contextlib.suppress(asyncio.CancelledError):
+                await finish(self._release_again(handle, grant.lease_ttl))
+            raise cancelled from None
         return int(reply) == 1
+
+    async def _release_again(self, handle: RedisHandle, lease_ttl: float) -> None:
+        try:
+            await self._link.run_within(lease_ttl, RELEASE, handle.keys, handle.member)
+        except BackendError as exc:  # the caller is being cancelled: nobody to raise it to
+            logger.warning("could not release a lock; it expires by itself: %s", exc)
 
     async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
         calls = [(_handle(g).keys, (_handle(g).member, _ms(g.lease_ttl))) for g in grants]

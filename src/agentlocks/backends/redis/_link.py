@@ -8,7 +8,8 @@
   pool lock, retry wrapper or per-command hooks, which on a small machine cost about as
   much CPU as the rest of the call. At most ``max_connections`` calls are in flight (a
   FIFO gate; a call beyond it waits, untimed, except lease renewals, which wait at its
-  front and are bounded by their lease), so there are never more connections.
+  front and are bounded by their lease), so there are never more connections. Script
+  calls are encoded by ``redis/_resp.py`` (each lock's ``EVALSHA`` head cached).
 * A connection the server closed while it sat idle (a restart, an idle timeout) fails on
   its next use; the call is then sent once more on a new connection. Every script is
   idempotent per request, so a repeat cannot do anything twice.
@@ -35,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
@@ -43,6 +44,7 @@ from agentlocks.errors import BackendError, ConfigError
 
 from ._clients import DEPLOYMENT_OPTIONS, ClusterCalls, parse_deployment, sentinel_pool
 from ._flow import CallTimer, Gate
+from ._resp import pack_script
 from ._routes import ReplicaShortfall
 from ._scripts import Call, Script, cluster_variant, run_batch, run_script
 
@@ -102,6 +104,7 @@ class Link:
         self._slots = Gate(self.max_connections)
         self._timer = CallTimer(self.socket_timeout)
         self._execute: Callable[..., Awaitable[Any]] = self._execute_ours
+        self._ours = True  # commands go on our own connections (not a cluster's or a user's)
         self._execute_many: Callable[..., Awaitable[list[Any]]] = self._execute_many_ours
 
     @property
@@ -122,11 +125,13 @@ class Link:
                 self.max_connections, self._ssl, self.client_name,
             )  # fmt: skip
             self.pool = self.cluster
+            self._ours = False
             self._execute = self.cluster.execute
             self._execute_many = self.cluster.execute_many
             self._closers.append(self.cluster.aclose)
         elif self._user_client is not None:
             self.pool = self._user_client.connection_pool
+            self._ours = False
             self._execute = self._user_client.execute_command
             self._execute_many = self._execute_many_theirs
         elif self.deployment.kind == "sentinel":
@@ -152,12 +157,7 @@ class Link:
 
     def run(self, script: Script, keys: Sequence[bytes], *args: object) -> Awaitable[Any]:
         """Run one script call (await it): one round trip, bounded by ``socket_timeout``."""
-        if self.pool is None:
-            self._connect()
-        if self.cluster is not None:
-            script = cluster_variant(script)
-        execute = self._execute_durable if self._durable(script) else self._execute
-        return self._guarded(run_script(execute, script, keys, *args))
+        return self._guarded(self._script_call(script, keys, args))
 
     def run_within(
         self, seconds: float, script: Script, keys: Sequence[bytes], *args: object
@@ -167,12 +167,20 @@ class Link:
         For cleanup whose answer is worthless after a lease's lifetime (a release, a
         withdrawal): past it the server has freed the grant or the queue entry by itself.
         """
+        return self._guarded(self._script_call(script, keys, args), seconds)
+
+    def _script_call(
+        self, script: Script, keys: Sequence[bytes], args: Sequence[object]
+    ) -> Coroutine[Any, Any, Any]:
         if self.pool is None:
             self._connect()
         if self.cluster is not None:
             script = cluster_variant(script)
-        execute = self._execute_durable if self._durable(script) else self._execute
-        return self._guarded(run_script(execute, script, keys, *args), seconds)
+        if self._durable(script):
+            return run_script(self._execute_durable, script, keys, *args)
+        if self._ours:
+            return self._run_ours(script, keys, args)
+        return run_script(self._execute, script, keys, *args)
 
     async def batch(
         self, script: Script, calls: Sequence[Call], *, urgent: bool = False
@@ -310,10 +318,21 @@ class Link:
 
     async def _execute_ours(self, *args: object) -> Any:
         async def io(conn: Any) -> Any:
-            await conn.send_packed_command(conn.pack_command(*args), False)
-            return await conn.read_response()
+            return await _request(conn, conn.pack_command(*args))
 
         return await self._on_connection(io)
+
+    async def _run_ours(self, script: Script, keys: Sequence[bytes], args: Sequence[object]) -> Any:
+        """A script call on our connections, encoded by ``redis/_resp.py`` (cached head)."""
+        packed = pack_script(script.sha, keys, args)
+
+        async def io(conn: Any) -> Any:
+            return await _request(conn, packed)
+
+        try:
+            return await self._on_connection(io)
+        except NoScriptError:  # first use, or a restarted server: EVAL caches it again
+            return await self._execute_ours(b"EVAL", script.text, len(keys), *keys, *args)
 
     async def _execute_many_ours(self, commands: Sequence[Sequence[object]]) -> list[Any]:
         async def io(conn: Any) -> list[Any]:
@@ -490,6 +509,12 @@ def _policy(reply: Any) -> str:
         values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1:2]
     value = values[0] if values else b""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _request(conn: Any, packed: bytes | list[bytes]) -> Any:
+    """Send one packed command on ``conn`` and read its reply."""
+    await conn.send_packed_command(packed, False)
+    return await conn.read_response()
 
 
 def _close(conn: Any) -> None:
