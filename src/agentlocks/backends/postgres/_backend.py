@@ -190,6 +190,7 @@ class PostgresBackend:
             on_dead=self._session_died,
             tasks=tasks,
             lease_ttl=settings.lease_ttl,
+            answer_within=options.liveness_interval,
         )
         self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval, tasks)
         self._sessions.on_open = self._liveness.watch

@@ -55,8 +55,8 @@ class Session:
     """One connection and the grants whose advisory locks it holds."""
 
     __slots__ = (
-        "closing", "coalescer", "conn", "dead", "grants", "guc", "idle_timeout", "last_ok",
-        "lock", "on_close", "pending", "pid", "pinging", "shared",
+        "closing", "coalescer", "conn", "dead", "gate_lease", "grants", "guc", "idle_timeout",
+        "last_ok", "lock", "on_close", "pending", "pid", "pinging", "shared",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +85,9 @@ class Session:
         # session; 0: none) and the setting that holds it on this server.
         self.idle_timeout = idle_timeout
         self.guc = guc
+        # The lease a semaphore's head needs while this spare holds the gate for it (0: not
+        # a gatekeeper): the gate blocks the queue, so it is leased like a grant.
+        self.gate_lease = 0.0
         self.pinging: Any = None  # the liveness ping in flight, if any
         # Shared sessions coalesce their queued fast paths and releases (``postgres/_batch.py``).
         self.coalescer = (

@@ -273,14 +273,21 @@ class Grants:
         keys = state.keys
         assert request.capacity is not None
         gatekeeper = await self._spare_for(state, request)
+        lease = request.lease_ttl
+        gatekeeper.idle_timeout = 0.0  # a clean spare; the wait sets its lease with the gate
         try:
-            row = await gatekeeper.execute(self._sql.wait_gate, keys.gate)
+            row = await gatekeeper.execute(
+                self._sql.wait_gate, keys.gate, gatekeeper.guc, timeout_ms(lease)
+            )
             gatekeeper.check_pid(row[0])
         except BaseException as exc:
             await finish(self._sessions.scrub(gatekeeper))
             if isinstance(exc, DRIVER_ERRORS):
                 raise self.error(exc) from exc
             raise
+        # The gate is leased like a grant (the liveness loop pings the gatekeeper within
+        # it): a head cut off silently frees the queue on the server within ``lease``.
+        gatekeeper.idle_timeout = gatekeeper.gate_lease = lease
         # We hold the gate exclusively: fast paths fail, so the slots are ours to try.
         released = asyncio.Event()
 
@@ -291,6 +298,11 @@ class Grants:
         try:
             await self._sessions.listen(keys.channel, wake)
             while grant is None:
+                if gatekeeper.dead:
+                    # Its lease ran out or it was dropped: the gate, our place, is gone.
+                    raise BackendError(
+                        f"the connection holding the queue of {describe(resource)!r} was lost"
+                    )
                 released.clear()  # before trying: a release after the try still wakes us
                 session = await self._sessions.shared()
                 held = state.slots_on(session)
@@ -316,6 +328,8 @@ class Grants:
         return grant
 
     async def _leave_gate(self, gatekeeper: Session, channel: str, wake: Any) -> None:
+        # Before the scrub: a ping after it must not lease the clean spare again.
+        gatekeeper.gate_lease = gatekeeper.idle_timeout = 0.0
         await asyncio.gather(
             self._sessions.scrub(gatekeeper), self._sessions.unlisten(channel, wake)
         )

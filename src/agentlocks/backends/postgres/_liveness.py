@@ -29,17 +29,13 @@ import logging
 import time
 from collections.abc import Iterable
 
-import asyncpg
-
 from agentlocks._tasks import TaskSupervisor
-from agentlocks.errors import BackendError
 
 from ._connection import Session, timeout_ms
 from ._session import Sessions
 
 logger = logging.getLogger("agentlocks")
 
-_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 #: Shortest tick of the liveness loop (seconds), whatever the leases.
 MIN_TICK = 0.05
 
@@ -64,8 +60,8 @@ class Liveness:
     def lease_for(self, session: Session) -> float:
         """The server-side lease ``session`` needs now (seconds; 0: none)."""
         if session.grants:
-            return max(g.lease_ttl for g in session.grants)
-        return self._sessions.lease_ttl if session.shared else 0.0
+            return max(session.gate_lease, *(g.lease_ttl for g in session.grants))
+        return self._sessions.lease_ttl if session.shared else session.gate_lease
 
     def _tick(self) -> float:
         leases = [s.idle_timeout for s in self._sessions.sessions() if s.idle_timeout > 0]
@@ -113,7 +109,7 @@ class Liveness:
             row = await session.execute(self._ping_sql, session.guc, timeout_ms(want))
             session.check_pid(row[0])
             session.idle_timeout = want
-        except (BackendError, *_DRIVER_ERRORS) as exc:
+        except Exception as exc:  # driver errors, and asyncpg's own confusion after a cancel
             self._drop(session, exc)
         finally:
             timer.cancel()

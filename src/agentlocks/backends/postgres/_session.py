@@ -77,6 +77,7 @@ class Sessions:
         on_dead: Callable[[Session], None],
         tasks: TaskSupervisor,
         lease_ttl: float,
+        answer_within: float,
     ) -> None:
         self._dsn = dsn
         self._redacted = redacted
@@ -85,6 +86,8 @@ class Sessions:
         self._sql = sql
         self._tasks = tasks
         self.lease_ttl = lease_ttl  # a shared session's server-side lease
+        # Seconds a scrub may take before its connection is dropped (``liveness_interval``).
+        self._answer_within = answer_within
         if pool is not None:
             # Borrowed, not taken: keep at most half of the pool, so the application's
             # own queries always find a connection while locks are held.
@@ -466,16 +469,26 @@ class Sessions:
         Its statement may have taken the gate, or even the whole grant (a grant that raced
         the cancellation): ``pg_advisory_unlock_all`` releases all of it, handing the lock
         on to the next waiter. A late cancel request may hit this statement; one retry.
+
+        Bounded: a connection cut off silently (a partition) never answers the cancelled
+        wait nor this statement, so past ``liveness_interval`` it is dropped instead, and a
+        request that timed out or was cancelled ends on time. What the spare held then
+        goes with the server session (its server-side lease, or the server noticing).
         """
-        for _ in range(2):
-            try:
-                await session.run(self._sql.unlock_all, session.guc)
-            except asyncpg.QueryCanceledError:
-                continue
-            except Exception:  # driver errors, and asyncpg's own confusion after a cancel
-                break
-            await self.give_back(session)
-            return
+        timer = asyncio.get_running_loop().call_later(self._answer_within, self.kill, session)
+        try:
+            for _ in range(2):
+                try:
+                    await session.run(self._sql.unlock_all, session.guc)
+                except asyncpg.QueryCanceledError:
+                    continue
+                except Exception:  # driver errors, and asyncpg's own confusion after a cancel
+                    break
+                timer.cancel()
+                await self.give_back(session)
+                return
+        finally:
+            timer.cancel()
         session.closing = True
         await self.close(session)
 
@@ -486,8 +499,9 @@ class Sessions:
         async with self._listener_lock:
             if self._listener is None or self._listener.is_closed():
                 self._listener = await self._connect(_as_is)
+            listener = self._listener
             try:
-                await self._listener.add_listener(channel, callback)
+                await self._bounded(listener, listener.add_listener(channel, callback))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise self.error(exc, "listening on") from exc
 
@@ -497,7 +511,21 @@ class Sessions:
             listener = self._listener
             if listener is not None and not listener.is_closed():
                 with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await listener.remove_listener(channel, callback)
+                    await self._bounded(listener, listener.remove_listener(channel, callback))
+
+    async def _bounded(self, listener: Any, step: Awaitable[object]) -> None:
+        """Run a LISTEN or UNLISTEN; a listener silent past ``liveness_interval`` is dropped.
+
+        A silent partition would otherwise hold the listener lock, and every semaphore
+        head leaving its gate behind it, for good. Dropping it fails ``step`` at once;
+        the next ``listen`` connects again, and heads still listening on the dropped one
+        notice releases within ``liveness_interval`` (they re-try that often anyway).
+        """
+        timer = asyncio.get_running_loop().call_later(self._answer_within, listener.terminate)
+        try:
+            await step
+        finally:
+            timer.cancel()
 
     async def aclose(self) -> None:
         """Close every connection (the server releases whatever they still held)."""
