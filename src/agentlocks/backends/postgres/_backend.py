@@ -124,16 +124,18 @@ from agentlocks.backends._base import (
     SignalCallback,
     describe,
 )
-from agentlocks.errors import AgentLocksError, BackendError, Busy, ConfigError, QueueFull
+from agentlocks.errors import AgentLocksError, Busy, ConfigError, QueueFull
 
-from ._connection import Session, driver_dsn
+from ._connect import driver_dsn
+from ._connection import Session
 from ._enumerate import AdvisoryLock, advisory_locks
-from ._grants import DRIVER_ERRORS, Grants
+from ._errors import DRIVER_ERRORS, ErrorBoundary
+from ._grants import Grants
 from ._heads import PgHeads
 from ._liveness import Liveness
 from ._observe import foreign_waiting, granted_unrecorded, snapshot
 from ._options import OPTION_NAMES, parse_options
-from ._queue import Hold, KeyState, Request
+from ._queue import Hold, KeyState, KeyStates, Request
 from ._session import Sessions
 from ._signals import PgSignals
 from ._spares import holdings, holds_any
@@ -177,8 +179,7 @@ class PostgresBackend:
         self._sql = Sql(options.schema)
         self._sessions = Sessions(
             dsn=driver_dsn(settings.url, OPTION_NAMES | COMMON_OPTIONS),
-            redacted=settings.redacted_url,
-            password=urlsplit(settings.url).password,
+            errors=ErrorBoundary(settings.redacted_url, urlsplit(settings.url).password),
             pool=pool,
             sql=self._sql,
             pool_size=options.pool_size,
@@ -194,7 +195,7 @@ class PostgresBackend:
         )
         self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval, tasks)
         self._sessions.on_open = self._liveness.watch
-        self._states: dict[str, KeyState] = {}
+        self._states = KeyStates(self._namespace)
         self._grants = Grants(
             self._sessions,
             self._sql,
@@ -203,9 +204,10 @@ class PostgresBackend:
             options.liveness_interval,
             tasks,
         )
-        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle, tasks)
-        self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
-        self._heads = PgHeads(self._sessions, self._sql, self._namespace, self._error)
+        self._counts = WaitCounts(self._sessions, self._sql, self._states.drop_if_idle, tasks)
+        self._states.on_change = self._counts.changed  # bound once: a state is made per acquire
+        self._heads = PgHeads(self._sessions, self._sql, self._namespace)
+        self._mapped = self._sessions.errors.map_driver_errors()  # the error boundary
         # Signals to holders (on_busy="interrupt"): postgres/_signals.py.
         self._signals = PgSignals(self._sessions, self._sql, self._namespace, tasks)
         # Tasks inside acquire(), so aclose() can fail them at once (API.md, "Connecting"),
@@ -231,9 +233,6 @@ class PostgresBackend:
         """How many connections this backend has open now (including the LISTEN one)."""
         return len(self._sessions)
 
-    def _error(self, exc: BaseException) -> BackendError:
-        return self._grants.error(exc)
-
     # -- acquire -------------------------------------------------------------------------------
 
     async def acquire(
@@ -251,22 +250,22 @@ class PostgresBackend:
             raise AgentLocksError("the PostgreSQL backend is closed")
         if capacity is not None and capacity >= MAX_SLOTS:
             raise ConfigError(f"capacity must be below {MAX_SLOTS} on PostgreSQL")
-        state = self._state(resource)
+        state = self._states.state(resource)
         request = Request(shared, capacity, lease_ttl)
         checked = False
         if state.active is not None or state.queue or state.batch:
             # Someone of this process is ahead: queue locally, in FIFO order.
             if not wait:
-                self._grants.drop_if_idle(resource, state)
+                self._states.drop_if_idle(state)
                 raise Busy(f"{describe(resource)!r} is held", key=describe(resource))
             if max_waiting is not None:
                 try:
                     await self._check_waiting(resource, state, max_waiting)
                 finally:
-                    self._grants.drop_if_idle(resource, state)
+                    self._states.drop_if_idle(state)
                 checked = True
                 # The check suspended: whoever was ahead may be gone, and the state with it.
-                state = self._state(resource)
+                state = self._states.state(resource)
         if state.active is not None or state.queue or state.batch:
             # Not for shared lock requests: granted together with their neighbours, they
             # must draw their tokens in arrival order, which only the head's batch does.
@@ -281,7 +280,7 @@ class PostgresBackend:
             except BaseException:
                 if request.grant is not None:  # granted with the head as it was cancelled
                     await finish(self._grants.release(request.grant))
-                self._grants.drop_if_idle(resource, state)
+                self._states.drop_if_idle(state)
                 raise
             if request.grant is not None:  # granted together with the request ahead
                 request.settle()
@@ -298,7 +297,7 @@ class PostgresBackend:
             state.advance(request)
             if state.published:  # this request may have been counted there: recount
                 state.changed()
-            self._grants.drop_if_idle(resource, state)
+            self._states.drop_if_idle(state)
 
     async def _bypass(
         self, resource: str, state: KeyState, request: Request, lease_ttl: float
@@ -317,14 +316,7 @@ class PostgresBackend:
             state.remote.discard(request)
             if state.published:  # this request may have been counted there: recount
                 state.changed()
-            self._grants.drop_if_idle(resource, state)
-
-    def _state(self, resource: str) -> KeyState:
-        state = self._states.get(resource)
-        if state is None:
-            keys = keys_for(self._namespace, resource)
-            state = self._states[resource] = KeyState(resource, keys, self._queue_changed)
-        return state
+            self._states.drop_if_idle(state)
 
     async def _attempt(
         self,
@@ -393,12 +385,13 @@ class PostgresBackend:
         hold = grant.handle
         if not isinstance(hold, Hold) or hold.released or hold.session.dead:
             return False
-        try:
-            row = await hold.session.run(self._sql.holds, hold.key)
-        except DRIVER_ERRORS as exc:
-            if hold.session.dead or hold.session.conn.is_closed():
-                return False
-            raise self._error(exc) from exc
+        with self._mapped:
+            try:
+                row = await hold.session.run(self._sql.holds, hold.key)
+            except DRIVER_ERRORS:
+                if hold.session.dead or hold.session.conn.is_closed():
+                    return False
+                raise
         return bool(row[0]) and not hold.released
 
     # -- lost connections ----------------------------------------------------------------------
@@ -411,10 +404,7 @@ class PostgresBackend:
             hold.released = True
             if hold.holders is not None:
                 hold.holders.discard(grant)
-            state = self._states.get(grant.resource)
-            if state is not None:
-                state.holders.pop(grant, None)
-                self._grants.drop_if_idle(grant.resource, state)
+            self._states.forget_holder(grant)
             self._on_lost(grant)
 
     # -- queue bookkeeping -----------------------------------------------------------------------
@@ -423,11 +413,9 @@ class PostgresBackend:
         low, high = (keys.slot_base, keys.slot_base + MAX_SLOTS - 1) if semaphore else (1, 0)
         tickets = (keys.ticket_base, keys.ticket_base + TICKET_BITS - 1)
         session = await self._sessions.shared()
-        try:
+        with self._mapped:
             rows = await session.fetch(self._sql.locks, [keys.gate, keys.hold], low, high, *tickets)
-            return list(rows)
-        except DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        return list(rows)
 
     async def _check_waiting(self, resource: str, state: KeyState, max_waiting: int) -> None:
         semaphore = resource[0] == "s"
@@ -465,17 +453,15 @@ class PostgresBackend:
 
     async def advisory_locks(self) -> list[AdvisoryLock]:
         """Advisory locks of other sessions in this database, by key (``_enumerate.py``)."""
-        return await advisory_locks(self._sessions, self._error, self._sessions.pids)
+        return await advisory_locks(self._sessions, self._sessions.pids)
 
     # -- registries --------------------------------------------------------------------------------
 
     async def read_generation(self, name: str) -> int:
         session = await self._sessions.shared()
-        try:
+        with self._mapped:
             await self._sessions.ensure_table(session)
             row = await session.run(self._sql.read_generation, self._namespace, name)
-        except DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
         return 0 if row is None else int(row[0])
 
     async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
@@ -485,16 +471,18 @@ class PostgresBackend:
         if not isinstance(hold, Hold) or hold.released or hold.session.dead:
             return False
         shared = await self._sessions.shared()
-        try:
-            await self._sessions.ensure_table(shared)
-            row = await hold.session.run(
-                self._sql.publish_generation_fenced, self._namespace, name, generation, hold.key
-            )
-        except DRIVER_ERRORS as exc:
-            session = hold.session
-            if session.dead or session.conn.is_closed():
-                return False  # the grant went with its connection: nothing written
-            raise self._error(exc) from exc
+        with self._mapped:
+            try:
+                await self._sessions.ensure_table(shared)
+                row = await hold.session.run(
+                    self._sql.publish_generation_fenced, self._namespace, name, generation,
+                    hold.key,
+                )  # fmt: skip
+            except DRIVER_ERRORS:
+                session = hold.session
+                if session.dead or session.conn.is_closed():
+                    return False  # the grant went with its connection: nothing written
+                raise
         return row is not None
 
     # -- head records (``_heads.py``) ---------------------------------------------------------

@@ -31,7 +31,8 @@ from collections.abc import Iterable
 
 from agentlocks._tasks import TaskSupervisor
 
-from ._connection import Session, timeout_ms
+from ._connect import timeout_ms
+from ._connection import Session
 from ._session import Sessions
 
 logger = logging.getLogger("agentlocks")

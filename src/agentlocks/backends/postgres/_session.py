@@ -45,7 +45,9 @@ import asyncpg
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks.errors import BackendError
 
-from ._connection import IDLE_TIMEOUT, IDLE_TIMEOUT_OLD, ServerFull, Session, timeout_ms
+from ._connect import IDLE_TIMEOUT, lease_setting, reset_sql, setup_sql
+from ._connection import Session
+from ._errors import DRIVER_ERRORS, ErrorBoundary, ServerFull
 from ._spares import SpareBudget
 from ._sql import Sql
 
@@ -64,8 +66,7 @@ class Sessions:
         self,
         *,
         dsn: str,
-        redacted: str,
-        password: str | None,
+        errors: ErrorBoundary,
         pool: Any,
         sql: Sql,
         pool_size: int,
@@ -80,8 +81,7 @@ class Sessions:
         answer_within: float,
     ) -> None:
         self._dsn = dsn
-        self._redacted = redacted
-        self._password = password
+        self.errors = errors  # the error boundary every statement of this backend runs in
         self._pool = pool
         self._sql = sql
         self._tasks = tasks
@@ -129,17 +129,6 @@ class Sessions:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def error(self, exc: BaseException, doing: str) -> BackendError:
-        """``exc`` as a BackendError; the message never holds the password."""
-        if isinstance(
-            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-        ):
-            return BackendError(f"authentication failed {doing} {self._redacted}")
-        text = str(exc) or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return BackendError(f"PostgreSQL error {doing} {self._redacted}: {text}")
-
     async def _connect(self, then: Callable[[Any], Awaitable[T]]) -> T:
         """A new connection (direct), or one borrowed from the pool, passed to ``then``.
 
@@ -153,10 +142,8 @@ class Sessions:
             raise BackendError("the PostgreSQL backend is closed")
         borrowed = None
         if self._pool is not None:
-            try:
+            with self.errors.map_driver_errors("borrowing a connection from the pool of"):
                 borrowed = await self._pool.acquire()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                raise self.error(e, "borrowing a connection from the pool of") from e
         made: list[T] = []
 
         async def step() -> None:
@@ -191,38 +178,33 @@ class Sessions:
             await self._close_conn(made)
 
     async def _connect_direct(self) -> Any:
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                return await asyncpg.connect(
-                    self._dsn,
-                    timeout=self._connect_timeout,
-                    server_settings={"application_name": self._application_name},
-                )
-        except asyncpg.TooManyConnectionsError as exc:
-            text = self.error(exc, "connecting to")
-            raise ServerFull(f"{text} (no connection slot free on the server)") from exc
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise self.error(exc, "connecting to") from exc
+        with self.errors.map_driver_errors("connecting to"):
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    return await asyncpg.connect(
+                        self._dsn,
+                        timeout=self._connect_timeout,
+                        server_settings={"application_name": self._application_name},
+                    )
+            except asyncpg.TooManyConnectionsError as exc:
+                text = self.errors.error(exc, "connecting to")
+                raise ServerFull(f"{text} (no connection slot free on the server)") from exc
 
     async def _bootstrap_tokens(self, conn: Any) -> None:
         sql = self._sql
-        try:
+        with self.errors.map_driver_errors(f"looking for schema {sql.schema!r} on"):
             if not await conn.fetchval(sql.schema_exists, sql.schema):
                 await self._bootstrap(conn, sql.schema, sql.bootstrap_schema, sql.schema_exists)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise self.error(exc, f"looking for schema {sql.schema!r} on") from exc
         await self._bootstrap(conn, sql.sequence, sql.bootstrap_sequence)
 
     async def _bootstrap(self, conn: Any, name: str, ddl: str, exists: str | None = None) -> None:
         """Create a schema, sequence or table on first use; concurrent creators serialise."""
-        try:
+        with self.errors.map_driver_errors(f"creating {name} on"):
             if await conn.fetchval(exists or self._sql.exists, name):
                 return
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_KEY)
                 await conn.execute(ddl)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise self.error(exc, f"creating {name} on") from exc
 
     async def ensure_table(self, session: Session) -> None:
         """Create the generation table on first use (never cut short: see Session.run)."""
@@ -245,27 +227,16 @@ class Sessions:
         return session
 
     async def _configure(self, conn: Any, shared: bool) -> Session:
-        # Session settings a database default could set against us: a statement or lock
-        # timeout would abort a legitimate wait. A shared session gets its server-side
-        # lease (idle_session_timeout = lease_ttl, see the module docstring); a spare gets
-        # one only while it holds a grant. A spare also asks the server to check its
-        # client every second while it waits, so a waiter whose process vanished leaves
-        # the lock queue instead of being granted a lock nobody will release.
-        modern = conn.get_server_version() >= (14,)
-        guc = IDLE_TIMEOUT if modern else IDLE_TIMEOUT_OLD
+        # Settings: postgres/_connect.py. A shared session carries its server-side lease
+        # (lease_ttl) from the start; a spare only with a grant or a semaphore's gate.
+        guc = lease_setting(conn.get_server_version())
         idle = self.lease_ttl if shared else 0.0
-        sql = (
-            "SELECT pg_backend_pid(), set_config('statement_timeout', '0', false),"
-            " set_config('lock_timeout', '0', false),"
-            f" set_config('{guc}', '{timeout_ms(idle)}', false)"
-        )
-        if not shared and modern:
-            sql += ", set_config('client_connection_check_interval', '1000', false)"
-        try:
-            pid = await conn.fetchval(sql)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            await self._close_conn(conn)
-            raise self.error(exc, "configuring a session on") from exc
+        with self.errors.map_driver_errors("configuring a session on"):
+            try:
+                pid = await conn.fetchval(setup_sql(guc, shared, idle))
+            except DRIVER_ERRORS:
+                await self._close_conn(conn)
+                raise
         session = Session(conn, shared, pid, self._sql, self._tasks, idle, guc)
         self._all[session.pid] = session
         session.on_close = lambda _conn: self._terminated(session)
@@ -300,10 +271,7 @@ class Sessions:
             if self._pool is not None:
                 if not conn.is_closed():
                     guc = session.guc if session is not None else IDLE_TIMEOUT
-                    reset = "RESET statement_timeout; RESET lock_timeout"
-                    if guc == IDLE_TIMEOUT:
-                        reset += f"; RESET {guc}; RESET client_connection_check_interval"
-                    await asyncio.wait_for(conn.execute(reset), 2.0)
+                    await asyncio.wait_for(conn.execute(reset_sql(guc)), 2.0)
                 await self._pool.release(conn)
             else:
                 await asyncio.wait_for(conn.close(), 2.0)
@@ -500,17 +468,15 @@ class Sessions:
             if self._listener is None or self._listener.is_closed():
                 self._listener = await self._connect(_as_is)
             listener = self._listener
-            try:
+            with self.errors.map_driver_errors("listening on"):
                 await self._bounded(listener, listener.add_listener(channel, callback))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise self.error(exc, "listening on") from exc
 
     async def unlisten(self, channel: str, callback: Callable[..., None]) -> None:
         """Stop delivering ``channel`` to ``callback``."""
         async with self._listener_lock:
             listener = self._listener
             if listener is not None and not listener.is_closed():
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                with contextlib.suppress(*DRIVER_ERRORS):
                     await self._bounded(listener, listener.remove_listener(channel, callback))
 
     async def _bounded(self, listener: Any, step: Awaitable[object]) -> None:
