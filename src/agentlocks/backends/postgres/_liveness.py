@@ -7,15 +7,13 @@ holding a grant and not heard from for half an interval is pinged every
 dropped. Dropping it reports its grants lost: the server may still hold them, but this
 process can no longer prove it, and a lease must never be reported held when it may not be.
 
-The same pings carry each session's *server-side lease* (``idle_session_timeout``, see
-``postgres/_connection.py``): the server ends a session nothing reached for that long, so a
-holder cut off silently loses its locks on the server within about ``lease_ttl`` (through
-a proxy too, where TCP keepalives never fire: the server's socket stays healthy). So every
-session with a lease is pinged well within it, a third of the lease after its last answer,
-whether it holds grants or not, and each renewal (``PostgresBackend.renew``) pings every
-session holding the renewed grants. A ping also sets the lease to what the session's grants
-need now: the longest ``lease_ttl`` among them (a lease shorter than a grant's TTL could free
-the lock on the server before the holder counts it lost).
+The same pings carry each session's *server-side lease* (``idle_session_timeout``; why and
+what it bounds: ``docs/backends.md``, "PostgreSQL"). Every session with a lease is pinged a
+third of the lease after its last answer, whether it holds grants or not, and each renewal
+pings the sessions holding the renewed grants. A ping also sets the lease to what the
+session needs now (``lease_for``): the longest ``lease_ttl`` among its grants and the gate
+it holds for a semaphore's head (a lease shorter than a grant's TTL could free the lock on
+the server before the holder counts it lost).
 
 Pings are never cancelled (a cancel request can land on a later lock statement of the
 connection): each runs in a supervised task of its own, and a caller that stops waiting

@@ -19,16 +19,10 @@ pool only when it holds nothing (asyncpg's reset also runs ``pg_advisory_unlock_
 When a connection ends for any reason the server has released its locks; the
 ``on_dead`` callback then reports every grant it held as lost.
 
-Server-side lease. Shared sessions carry ``idle_session_timeout`` = the coordinator's
-``lease_ttl`` from the moment they open (the fast path sends no extra statement), a spare
-from the moment its wait is granted (``Sql.wait_exclusive``) until its grant is released.
-The liveness loop (``postgres/_liveness.py``) keeps every such session busy well within it.
-
-A borrowed pool (``connect(postgres=pool)``) is shared with the application: this backend
-keeps at most half of the pool's ``max_size`` (``pool_size`` and ``max_spares`` shrink to
-fit), waits for the pool instead of failing when it is exhausted (bounded by the caller's
-timeout, FIFO as asyncpg's pool is), and gives connections back once they stayed unused
-for ``IDLE_LINGER`` seconds, with the settings it changed reset.
+Server-side leases and the borrowed pool's rules: ``docs/backends.md``, "PostgreSQL". A
+borrowed pool (``connect(postgres=pool)``) gets at most half of its ``max_size``
+(``pool_size`` and ``max_spares`` shrink to fit), is waited for when exhausted (bounded by
+the caller's timeout), and gets connections back once unused for ``IDLE_LINGER`` seconds.
 """
 
 from __future__ import annotations
