@@ -14,7 +14,15 @@ import pytest
 import pytest_asyncio
 
 import agentlocks
-from agentlocks import AcquireTimeout, AgentLocksError, Busy, Coordinator, Lease, LeaseLost
+from agentlocks import (
+    AcquireTimeout,
+    AgentLocksError,
+    BackendError,
+    Busy,
+    Coordinator,
+    Lease,
+    LeaseLost,
+)
 from agentlocks.backends.postgres import PostgresBackend, _session
 from tests.support.proxy import PartitionProxy
 
@@ -176,11 +184,36 @@ async def test_waiter_cut_off_silently_still_times_out_on_time(
             assert done, "the timed-out wait hangs on the silent connection"
             with pytest.raises(AcquireTimeout):
                 waiting.result()
-            assert time.monotonic() - started <= 1 + 2 + 1 + 1.5
+            assert time.monotonic() - started <= 1 + 2 + 1 + 2.5
             await blocker.release()
         finally:
             proxy.cut()
             await cut_off.aclose()
+
+
+async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -> None:
+    """A fast-path acquire on a shared session cut off silently ends near its timeout."""
+    port = urlsplit(pg_url).port
+    assert port is not None
+    with PartitionProxy(port) as proxy:
+        coord = agentlocks.connect(
+            proxy.url_for(pg_url), namespace=f"pgtest-{uuid.uuid4().hex[:12]}", lease_ttl=1,
+            liveness_interval=2,
+        )  # fmt: skip
+        try:
+            await (await coord.acquire("warm")).release()  # the shared session is open
+            proxy.partition()
+            started = time.monotonic()
+            attempt = asyncio.create_task(coord.acquire("job", timeout=1).__aenter__())
+            done, _ = await asyncio.wait([attempt], timeout=10)
+            assert done, "the fast path hangs on the silent connection"
+            assert isinstance(attempt.exception(), AcquireTimeout | BackendError)
+            # The timeout, then at most a ping's due time (a third of the lease) and its
+            # deadline (liveness_interval): the session is dropped under the statement.
+            assert time.monotonic() - started <= 1 + 1 / 3 + 2 + 1.5
+        finally:
+            proxy.cut()
+            await coord.aclose()
 
 
 async def test_healthy_semaphore_head_keeps_its_place_across_several_server_leases(

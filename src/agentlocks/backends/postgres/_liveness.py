@@ -74,10 +74,14 @@ class Liveness:
                 quiet = now - session.last_ok
                 held = bool(session.grants) and quiet >= self._interval / 2
                 lease = session.idle_timeout > 0 and quiet >= session.idle_timeout / 3
-                # Not while a statement runs on it (pending): that statement keeps the
-                # server's idle clock still, and a ping queued behind a spare's long wait
-                # would time out and drop a healthy waiter.
-                busy = session.pending > 0 or session.pinging is not None
+                # Not while a statement runs on a spare: that statement keeps the server's
+                # idle clock still, and a ping queued behind a long wait would time out and
+                # drop a healthy waiter. A shared session's statements never wait in the
+                # server, so one still running when a ping is due means a connection cut
+                # off silently: the ping queued behind it drops it at its deadline, and the
+                # statement (a fast path, a release) fails instead of hanging for good.
+                running = session.pending > 0 and not session.shared
+                busy = running or session.pinging is not None
                 if (held or lease) and not session.dead and not busy:
                     session.pinging = self.ping(session)
             await self._sessions.give_back_unused()
