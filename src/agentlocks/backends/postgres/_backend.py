@@ -61,7 +61,7 @@ def _held_here(grant: Grant) -> Grant:
 
 
 class PostgresBackend:
-    """Locks and semaphores on PostgreSQL advisory locks (see the module docstring)."""
+    """Locks and semaphores on PostgreSQL advisory locks (``docs/backends.md``, "PostgreSQL")."""
 
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
