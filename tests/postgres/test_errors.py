@@ -22,7 +22,8 @@ import agentlocks
 from agentlocks import BackendError, ConfigError
 from agentlocks._url import COMMON_OPTIONS
 from agentlocks.backends.postgres import PostgresBackend
-from agentlocks.backends.postgres._connection import Session, driver_dsn
+from agentlocks.backends.postgres._connect import driver_dsn
+from agentlocks.backends.postgres._connection import Session
 
 pytestmark = pytest.mark.postgres
 

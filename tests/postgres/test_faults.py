@@ -14,7 +14,15 @@ import pytest
 import pytest_asyncio
 
 import agentlocks
-from agentlocks import AcquireTimeout, AgentLocksError, Busy, Coordinator, Lease, LeaseLost
+from agentlocks import (
+    AcquireTimeout,
+    AgentLocksError,
+    BackendError,
+    Busy,
+    Coordinator,
+    Lease,
+    LeaseLost,
+)
 from agentlocks.backends.postgres import PostgresBackend, _session
 from tests.support.proxy import PartitionProxy
 
@@ -77,6 +85,54 @@ async def test_silent_partition_frees_the_lock_on_the_server_within_lease_ttl(
             await holder.aclose()
 
 
+async def _queued(coord: Coordinator, key: str, semaphore: bool) -> None:
+    """Wait until ``coord`` sees one request waiting on ``key`` (the cut-off one)."""
+    while (await coord.inspect(key, semaphore=semaphore)).waiting < 1:
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", ["exclusive", "shared", "semaphore"])
+async def test_silently_cut_off_waiter_frees_the_queue_on_the_server_within_lease_ttl(
+    connect: Connect, pg_url: str, kind: str
+) -> None:
+    """A waiter partitioned while queued (or a semaphore head holding the gate) frees it in ~TTL."""
+    ttl = 1.0
+    semaphore = kind == "semaphore"
+    other, third = connect(lease_ttl=ttl), connect(lease_ttl=ttl)
+
+    def request(coord: Coordinator, shared: bool = False, timeout: float | None = None) -> Lease:
+        if semaphore:
+            return coord.semaphore("job", 1, timeout=timeout)
+        return coord.acquire("job", shared=shared, timeout=timeout)
+
+    port = urlsplit(pg_url).port
+    assert port is not None
+    with PartitionProxy(port) as proxy:
+        cut_off = agentlocks.connect(
+            proxy.url_for(pg_url), namespace=other.namespace, lease_ttl=ttl
+        )
+        waiting = None
+        try:
+            blocker = await request(other)
+            waiting = asyncio.create_task(request(cut_off, kind == "shared").__aenter__())
+            await asyncio.wait_for(_queued(other, "job", semaphore), 5)
+            await asyncio.sleep(ttl / 2)  # a keep-alive or two went through
+            proxy.partition()
+            await blocker.release()
+            released = time.monotonic()
+            # An exclusive request: it cannot share with a shared waiter granted meanwhile.
+            successor = await request(third, timeout=ttl + 5)
+            granted = time.monotonic()
+            assert granted - released <= ttl + 1.5  # the server ended the cut-off session
+            await successor.release()
+        finally:
+            proxy.cut()
+            if waiting is not None:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+            await cut_off.aclose()
+
+
 async def test_healthy_holders_keep_their_locks_across_several_server_leases(
     connect: Connect,
 ) -> None:
@@ -95,6 +151,87 @@ async def test_healthy_holders_keep_their_locks_across_several_server_leases(
             await other.acquire(key, wait=False)
     await fast.release()
     await queued.release()
+
+
+@pytest.mark.parametrize("semaphore", [False, True], ids=["lock", "semaphore"])
+async def test_waiter_cut_off_silently_still_times_out_on_time(
+    connect: Connect, pg_url: str, semaphore: bool
+) -> None:
+    """A wait through a silent partition ends with AcquireTimeout within seconds, not never."""
+    other = connect(lease_ttl=1)
+    port = urlsplit(pg_url).port
+    assert port is not None
+    with PartitionProxy(port) as proxy:
+        # Bounds in play: the timeout, then liveness_interval for the scrub of the cancelled
+        # wait (and the semaphore's UNLISTEN), then connect_timeout for a shared session the
+        # head may be opening when the timeout strikes.
+        cut_off = agentlocks.connect(
+            proxy.url_for(pg_url), namespace=other.namespace, lease_ttl=1,
+            liveness_interval=2, connect_timeout=1,
+        )  # fmt: skip
+        try:
+            blocker = await (other.semaphore("job", 1) if semaphore else other.acquire("job"))
+            lease = (
+                cut_off.semaphore("job", 1, timeout=1)
+                if semaphore
+                else cut_off.acquire("job", timeout=1)
+            )
+            started = time.monotonic()
+            waiting = asyncio.create_task(lease.__aenter__())
+            await asyncio.wait_for(_queued(other, "job", semaphore), 5)
+            proxy.partition()
+            done, _ = await asyncio.wait([waiting], timeout=10)
+            assert done, "the timed-out wait hangs on the silent connection"
+            with pytest.raises(AcquireTimeout):
+                waiting.result()
+            assert time.monotonic() - started <= 1 + 2 + 1 + 2.5
+            await blocker.release()
+        finally:
+            proxy.cut()
+            await cut_off.aclose()
+
+
+async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -> None:
+    """A fast-path acquire on a shared session cut off silently ends near its timeout."""
+    port = urlsplit(pg_url).port
+    assert port is not None
+    with PartitionProxy(port) as proxy:
+        coord = agentlocks.connect(
+            proxy.url_for(pg_url), namespace=f"pgtest-{uuid.uuid4().hex[:12]}", lease_ttl=1,
+            liveness_interval=2,
+        )  # fmt: skip
+        try:
+            await (await coord.acquire("warm")).release()  # the shared session is open
+            proxy.partition()
+            started = time.monotonic()
+            attempt = asyncio.create_task(coord.acquire("job", timeout=1).__aenter__())
+            done, _ = await asyncio.wait([attempt], timeout=10)
+            assert done, "the fast path hangs on the silent connection"
+            assert isinstance(attempt.exception(), AcquireTimeout | BackendError)
+            # The timeout, then at most a ping's due time (a third of the lease) and its
+            # deadline (liveness_interval): the session is dropped under the statement.
+            assert time.monotonic() - started <= 1 + 1 / 3 + 2 + 1.5
+        finally:
+            proxy.cut()
+            await coord.aclose()
+
+
+async def test_healthy_semaphore_head_keeps_its_place_across_several_server_leases(
+    connect: Connect,
+) -> None:
+    """lease_ttl=1: a head holding the gate for 3.5 s keeps it and is granted before a later one."""
+    holder, head, later = connect(lease_ttl=1), connect(lease_ttl=1), connect(lease_ttl=1)
+    slot = await holder.semaphore("pool", 1)
+    first = asyncio.create_task(head.semaphore("pool", 1).__aenter__())
+    await asyncio.wait_for(_queued(holder, "pool", True), 5)
+    second = asyncio.create_task(later.semaphore("pool", 1).__aenter__())
+    await asyncio.sleep(3.5)
+    assert not first.done() and not second.done()
+    await slot.release()
+    granted = await asyncio.wait_for(first, 5)  # the head kept its place: no BackendError
+    assert not second.done()
+    await granted.release()
+    await (await asyncio.wait_for(second, 5)).release()
 
 
 # -- 5. fencing tokens grow across roles with different search_path ---------------------------

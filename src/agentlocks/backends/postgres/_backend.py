@@ -1,108 +1,10 @@
 """``postgres://`` / ``postgresql://``: session-level advisory locks, through asyncpg.
 
-Keys and collisions. Each resource (namespace + ``"l:key"``) hashes to a stable signed
-64-bit BLAKE2b value; a lock uses two advisory keys that differ only in the low bit, the
-*gate* and the *hold* (``postgres/_sql.py``). Two resources share a lock with probability
-2**-63, so with ``n`` resources in use at once the chance that any two collide is about
-``n**2 / 2**64`` (one in 18 million for a million live keys). A collision never breaks
-exclusion: the two keys merely queue behind each other (a task holding one while
-acquiring the other would wait for itself, at those odds). Advisory locks are per
-database and share one key space with any other user of ``pg_advisory_lock`` there.
-
-Waiting is the server's own lock queue. A request first tries the fast path on a shared
-session, in one statement: pass the gate shared, take the hold with
-``pg_try_advisory_lock``, let go of the gate, draw the token (under load, the fast paths
-and releases queued on one shared session go out together as one statement:
-``postgres/_batch.py``). The gate is held exclusively
-(or waited for) only by queued requests, so the fast path fails while anyone queues: no
-barging. Otherwise the request waits on a *spare* session with ``pg_advisory_lock(gate)``
-then ``pg_advisory_lock(hold)``: PostgreSQL queues it FIFO, makes later shared requests
-wait behind a queued exclusive one, and grants it *within* the holder's unlock (pushed, no
-polling). In front of the server, each process keeps a FIFO per key (``postgres/_queue.py``):
-only its head talks to the server, and the requests behind it that can share its grant
-(adjacent shared requests, or semaphore requests up to the free capacity) are granted in
-the same statement. So a process's requests are granted in exactly the order it made
-them, and across processes requests are ordered by when they reach the server.
-An exclusive or semaphore request that finds every request of its process ahead of it
-already waiting in the server, and no local queue, *bypasses*: it waits in the server
-queue beside them on a spare of its own (``KeyState.can_bypass``), so requests that
-arrive one after another are ordered exactly across processes. (Shared lock requests do
-not: granted together with their neighbours, they must draw tokens in arrival order,
-which only the head's batch statement does.) Bursts queue locally (one spare per key for any
-number of waiters), and a request queued there enters the server queue only when the
-one ahead of it is granted: a later request of another process can then be served
-before it (API.md's FIFO across processes holds per request for spaced arrivals, per
-head within a burst; exact order in bursts would cost one connection per waiter).
-
-Connection budget, per process: ``pool_size`` shared sessions (default 8), on which any
-number of fast-path grants live; plus one spare per request waiting in the server (the
-head of each key's local queue, and requests that bypassed it), which the grant it wins
-keeps (*pinned*) until released,
-and then goes back to an idle list (spares beyond ``max_idle`` are closed after 5 s
-unused, so a busy key reuses its spares); plus one LISTEN connection
-once a semaphore is waited on. So 1,000 locks taken without contention cost at most
-``pool_size`` connections, and 200 tasks queued on one key cost one spare. At most
-``max_spares`` spares (default 32) are lent at once (``postgres/_spares.py``): past that, and
-when the server refuses a connection while some of ours are lent, a wait queues FIFO for
-a spare to come back, within its ``timeout``. The bound is soft so that it never
-deadlocks: a task that already holds a grant never waits for a spare (it could hold what
-the lent spares wait for), and a wait queued for ``spare_patience`` seconds (default 1)
-takes a spare beyond the bound (a lease handed to another task escapes the first rule).
-So a coordinator keeps about ``pool_size + max_spares + 1`` connections.
-
-Fencing tokens come from one sequence (``<schema>.agentlocks_tokens``, always
-schema-qualified, never resolved through a role's ``search_path``; created on first use,
-``CACHE 1``), drawn in the granting statement after the hold is taken: strictly
-increasing per key (in fact per database) across every client, role and server restart.
-Registry generations (``<schema>.agentlocks_generations``) are published by one statement
-on the writer's own session that writes only while that session holds the lock.
-
-Lost leases. PostgreSQL releases a session's advisory locks when its connection ends: a
-crashed holder's locks are free as soon as the server reads the closed socket, and a
-waiting session whose client vanished leaves the queue within a second
-(``client_connection_check_interval``, PostgreSQL >= 14). When one of this process's
-connections ends (terminated backend, network drop), asyncpg's termination callback
-reports every grant on it to ``on_lost`` at once; the coordinator cancels the holders'
-blocks. A silent holder (partitioned, or its loop stalled) is freed by the server itself:
-sessions holding grants carry ``idle_session_timeout`` = ``lease_ttl`` (a server-side
-lease), which ``renew`` (one ping per session holding the renewed grants, every third of
-a TTL) and the liveness loop (``postgres/_liveness.py``) keep from firing on a healthy holder.
-The liveness loop also drops a session that does not answer a ping within
-``liveness_interval`` (default 2 s). Sessions turn off ``statement_timeout`` and
-``lock_timeout``, which a database default could set against them.
-
-Semaphores. The slots of a semaphore are advisory keys ``slot_base + i``. The fast path
-passes the gate shared and takes free slots. The head of the queue holds the gate
-exclusively (nobody takes a slot past it), listens on the semaphore's channel, and
-retries whenever a release sends ``NOTIFY`` (pushed). A slot freed by a crashed holder
-sends no notification: the head notices it within ``liveness_interval``.
-
-Counting waiters cluster-wide (``max_waiting``, ``inspect``). This process's come from its
-own queue. Other processes' heads show in ``pg_locks`` (queued, or holding a semaphore's
-gate); the requests queued behind them do not, so every process publishes each local
-queue's length as a few shared advisory locks, one per set bit (``postgres/_tickets.py``).
-
-Cancellation (``postgres/_grants.py``). Statements that can grant never yield to a cancelled
-caller half way: they run under ``agentlocks._tasks.finish``, or in a shared session's
-batch worker whose outcomes refuse ``cancel()`` (``_batch.Outcome``), so a cancelled
-caller never leaves a grant nobody knows about: the statement finishes and what it
-granted is released before the cancellation propagates. A server-side wait is
-cancelled on the server (asyncpg's cancel request); then the spare runs
-``pg_advisory_unlock_all()``, which also hands on a grant that raced the cancellation. A
-spare that cannot be cleaned is closed, never reused, and no connection is ever handed
-back to a user-supplied pool while it holds a lock.
-
-PgBouncer in transaction or statement pooling mode silently breaks session-level locks
-(consecutive statements may run in different server sessions). Each session records
-``pg_backend_pid()`` when it opens and every granting statement and liveness ping returns
-it again: a pid that changes raises ``BackendError`` naming the cause. Connect directly,
-or through session pooling.
-
-Options (``postgres/_options.py``): ``connect_timeout`` (seconds, default 5), ``liveness_interval``
-(seconds, default 2), ``pool_size`` (default 8), ``max_idle`` (default 4), ``max_spares``
-(default 32), ``spare_patience`` (seconds, default 1), ``schema`` (of
-the sequence and the ``agentlocks_generations`` table; default ``public``),
-``application_name`` (default ``"agentlocks"``).
+How it works, said once: ``docs/backends.md``, "PostgreSQL" (its "How it works" part);
+the package's ``__init__`` maps where each part lives. This module holds
+:class:`PostgresBackend`: the ``Backend`` methods, the local FIFO's entry (who queues
+locally, who talks to the server, who *bypasses*), and ``aclose``. Hazards are commented
+where they are handled.
 """
 
 from __future__ import annotations
@@ -124,16 +26,18 @@ from agentlocks.backends._base import (
     SignalCallback,
     describe,
 )
-from agentlocks.errors import AgentLocksError, BackendError, Busy, ConfigError, QueueFull
+from agentlocks.errors import AgentLocksError, Busy, ConfigError, QueueFull
 
-from ._connection import Session, driver_dsn
+from ._connect import driver_dsn
+from ._connection import Session
 from ._enumerate import AdvisoryLock, advisory_locks
-from ._grants import DRIVER_ERRORS, Grants
+from ._errors import DRIVER_ERRORS, ErrorBoundary
+from ._grants import Grants
 from ._heads import PgHeads
 from ._liveness import Liveness
 from ._observe import foreign_waiting, granted_unrecorded, snapshot
 from ._options import OPTION_NAMES, parse_options
-from ._queue import Hold, KeyState, Request
+from ._queue import Hold, KeyState, KeyStates, Request
 from ._session import Sessions
 from ._signals import PgSignals
 from ._spares import holdings, holds_any
@@ -157,7 +61,7 @@ def _held_here(grant: Grant) -> Grant:
 
 
 class PostgresBackend:
-    """Locks and semaphores on PostgreSQL advisory locks (see the module docstring)."""
+    """Locks and semaphores on PostgreSQL advisory locks (``docs/backends.md``, "PostgreSQL")."""
 
     remote: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
@@ -177,8 +81,7 @@ class PostgresBackend:
         self._sql = Sql(options.schema)
         self._sessions = Sessions(
             dsn=driver_dsn(settings.url, OPTION_NAMES | COMMON_OPTIONS),
-            redacted=settings.redacted_url,
-            password=urlsplit(settings.url).password,
+            errors=ErrorBoundary(settings.redacted_url, urlsplit(settings.url).password),
             pool=pool,
             sql=self._sql,
             pool_size=options.pool_size,
@@ -190,10 +93,11 @@ class PostgresBackend:
             on_dead=self._session_died,
             tasks=tasks,
             lease_ttl=settings.lease_ttl,
+            answer_within=options.liveness_interval,
         )
         self._liveness = Liveness(self._sessions, self._sql.ping, options.liveness_interval, tasks)
         self._sessions.on_open = self._liveness.watch
-        self._states: dict[str, KeyState] = {}
+        self._states = KeyStates(self._namespace)
         self._grants = Grants(
             self._sessions,
             self._sql,
@@ -202,9 +106,10 @@ class PostgresBackend:
             options.liveness_interval,
             tasks,
         )
-        self._counts = WaitCounts(self._sessions, self._sql, self._grants.drop_if_idle, tasks)
-        self._queue_changed = self._counts.changed  # bound once: a state is made per acquire
-        self._heads = PgHeads(self._sessions, self._sql, self._namespace, self._error)
+        self._counts = WaitCounts(self._sessions, self._sql, self._states.drop_if_idle, tasks)
+        self._states.on_change = self._counts.changed  # bound once: a state is made per acquire
+        self._heads = PgHeads(self._sessions, self._sql, self._namespace)
+        self._mapped = self._sessions.errors.map_driver_errors()  # the error boundary
         # Signals to holders (on_busy="interrupt"): postgres/_signals.py.
         self._signals = PgSignals(self._sessions, self._sql, self._namespace, tasks)
         # Tasks inside acquire(), so aclose() can fail them at once (API.md, "Connecting"),
@@ -230,9 +135,6 @@ class PostgresBackend:
         """How many connections this backend has open now (including the LISTEN one)."""
         return len(self._sessions)
 
-    def _error(self, exc: BaseException) -> BackendError:
-        return self._grants.error(exc)
-
     # -- acquire -------------------------------------------------------------------------------
 
     async def acquire(
@@ -250,22 +152,22 @@ class PostgresBackend:
             raise AgentLocksError("the PostgreSQL backend is closed")
         if capacity is not None and capacity >= MAX_SLOTS:
             raise ConfigError(f"capacity must be below {MAX_SLOTS} on PostgreSQL")
-        state = self._state(resource)
+        state = self._states.state(resource)
         request = Request(shared, capacity, lease_ttl)
         checked = False
         if state.active is not None or state.queue or state.batch:
             # Someone of this process is ahead: queue locally, in FIFO order.
             if not wait:
-                self._grants.drop_if_idle(resource, state)
+                self._states.drop_if_idle(state)
                 raise Busy(f"{describe(resource)!r} is held", key=describe(resource))
             if max_waiting is not None:
                 try:
                     await self._check_waiting(resource, state, max_waiting)
                 finally:
-                    self._grants.drop_if_idle(resource, state)
+                    self._states.drop_if_idle(state)
                 checked = True
                 # The check suspended: whoever was ahead may be gone, and the state with it.
-                state = self._state(resource)
+                state = self._states.state(resource)
         if state.active is not None or state.queue or state.batch:
             # Not for shared lock requests: granted together with their neighbours, they
             # must draw their tokens in arrival order, which only the head's batch does.
@@ -280,7 +182,7 @@ class PostgresBackend:
             except BaseException:
                 if request.grant is not None:  # granted with the head as it was cancelled
                     await finish(self._grants.release(request.grant))
-                self._grants.drop_if_idle(resource, state)
+                self._states.drop_if_idle(state)
                 raise
             if request.grant is not None:  # granted together with the request ahead
                 request.settle()
@@ -297,7 +199,7 @@ class PostgresBackend:
             state.advance(request)
             if state.published:  # this request may have been counted there: recount
                 state.changed()
-            self._grants.drop_if_idle(resource, state)
+            self._states.drop_if_idle(state)
 
     async def _bypass(
         self, resource: str, state: KeyState, request: Request, lease_ttl: float
@@ -316,14 +218,7 @@ class PostgresBackend:
             state.remote.discard(request)
             if state.published:  # this request may have been counted there: recount
                 state.changed()
-            self._grants.drop_if_idle(resource, state)
-
-    def _state(self, resource: str) -> KeyState:
-        state = self._states.get(resource)
-        if state is None:
-            keys = keys_for(self._namespace, resource)
-            state = self._states[resource] = KeyState(resource, keys, self._queue_changed)
-        return state
+            self._states.drop_if_idle(state)
 
     async def _attempt(
         self,
@@ -392,12 +287,13 @@ class PostgresBackend:
         hold = grant.handle
         if not isinstance(hold, Hold) or hold.released or hold.session.dead:
             return False
-        try:
-            row = await hold.session.run(self._sql.holds, hold.key)
-        except DRIVER_ERRORS as exc:
-            if hold.session.dead or hold.session.conn.is_closed():
-                return False
-            raise self._error(exc) from exc
+        with self._mapped:
+            try:
+                row = await hold.session.run(self._sql.holds, hold.key)
+            except DRIVER_ERRORS:
+                if hold.session.dead or hold.session.conn.is_closed():
+                    return False
+                raise
         return bool(row[0]) and not hold.released
 
     # -- lost connections ----------------------------------------------------------------------
@@ -410,10 +306,7 @@ class PostgresBackend:
             hold.released = True
             if hold.holders is not None:
                 hold.holders.discard(grant)
-            state = self._states.get(grant.resource)
-            if state is not None:
-                state.holders.pop(grant, None)
-                self._grants.drop_if_idle(grant.resource, state)
+            self._states.forget_holder(grant)
             self._on_lost(grant)
 
     # -- queue bookkeeping -----------------------------------------------------------------------
@@ -422,11 +315,9 @@ class PostgresBackend:
         low, high = (keys.slot_base, keys.slot_base + MAX_SLOTS - 1) if semaphore else (1, 0)
         tickets = (keys.ticket_base, keys.ticket_base + TICKET_BITS - 1)
         session = await self._sessions.shared()
-        try:
+        with self._mapped:
             rows = await session.fetch(self._sql.locks, [keys.gate, keys.hold], low, high, *tickets)
-            return list(rows)
-        except DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        return list(rows)
 
     async def _check_waiting(self, resource: str, state: KeyState, max_waiting: int) -> None:
         semaphore = resource[0] == "s"
@@ -464,17 +355,15 @@ class PostgresBackend:
 
     async def advisory_locks(self) -> list[AdvisoryLock]:
         """Advisory locks of other sessions in this database, by key (``_enumerate.py``)."""
-        return await advisory_locks(self._sessions, self._error, self._sessions.pids)
+        return await advisory_locks(self._sessions, self._sessions.pids)
 
     # -- registries --------------------------------------------------------------------------------
 
     async def read_generation(self, name: str) -> int:
         session = await self._sessions.shared()
-        try:
+        with self._mapped:
             await self._sessions.ensure_table(session)
             row = await session.run(self._sql.read_generation, self._namespace, name)
-        except DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
         return 0 if row is None else int(row[0])
 
     async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
@@ -484,16 +373,18 @@ class PostgresBackend:
         if not isinstance(hold, Hold) or hold.released or hold.session.dead:
             return False
         shared = await self._sessions.shared()
-        try:
-            await self._sessions.ensure_table(shared)
-            row = await hold.session.run(
-                self._sql.publish_generation_fenced, self._namespace, name, generation, hold.key
-            )
-        except DRIVER_ERRORS as exc:
-            session = hold.session
-            if session.dead or session.conn.is_closed():
-                return False  # the grant went with its connection: nothing written
-            raise self._error(exc) from exc
+        with self._mapped:
+            try:
+                await self._sessions.ensure_table(shared)
+                row = await hold.session.run(
+                    self._sql.publish_generation_fenced, self._namespace, name, generation,
+                    hold.key,
+                )  # fmt: skip
+            except DRIVER_ERRORS:
+                session = hold.session
+                if session.dead or session.conn.is_closed():
+                    return False  # the grant went with its connection: nothing written
+                raise
         return row is not None
 
     # -- head records (``_heads.py``) ---------------------------------------------------------

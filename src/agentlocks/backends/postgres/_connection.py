@@ -1,62 +1,36 @@
-"""One PostgreSQL connection of the backend (:class:`Session`).
+"""One PostgreSQL connection of the backend (:class:`Session`) and the grants it holds.
 
-A session-level advisory lock belongs to the server session (connection) that took it, so a
-:class:`Session` records the grants whose locks it holds. A statement that can take or
-drop a lock is never cut short by a cancelled caller: it runs under
-:func:`agentlocks._tasks.finish` (``run``, ``fetch``), or in the session's worker
-(``postgres/_batch.py``). ``Sessions`` (``postgres/_session.py``) opens, lends and closes them.
-
-Server-side lease. A session that holds grants carries ``idle_session_timeout`` (PostgreSQL
->= 14): if nothing reaches it for that long (its client was cut off silently, or its event
-loop stalled), the server ends the session and frees its locks. Every statement resets the
-server's idle clock, so renewals and liveness pings keep a healthy holder's session busy.
+A session-level advisory lock belongs to the server session (connection) that took it, so
+a :class:`Session` records the grants whose locks it holds, and its server-side lease
+(``docs/backends.md``, "PostgreSQL"). ``Sessions`` (``postgres/_session.py``) opens, lends
+and closes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agentlocks._tasks import finish
 from agentlocks.backends._base import Grant
-from agentlocks.errors import BackendError
 
 from ._batch import Coalescer
+from ._connect import IDLE_TIMEOUT
+from ._errors import PgBouncerDetected
 from ._sql import Sql
 
 if TYPE_CHECKING:
     from agentlocks._tasks import TaskSupervisor
-
-#: The setting a session's server-side lease is kept in (PostgreSQL >= 14). On older
-#: servers a custom placeholder of the same value is set instead: harmless, and it keeps
-#: one statement text for every server.
-IDLE_TIMEOUT = "idle_session_timeout"
-IDLE_TIMEOUT_OLD = "agentlocks.idle_session_timeout"
-
-
-def timeout_ms(seconds: float) -> str:
-    """``seconds`` as the whole milliseconds ``idle_session_timeout`` takes (0: none)."""
-    return "0" if seconds <= 0 else str(max(1, math.ceil(seconds * 1000)))
-
-
-class PgBouncerDetected(BackendError):
-    """The backend pid changed between statements on one connection (a pooler)."""
-
-
-class ServerFull(BackendError):
-    """The server refused a connection: ``max_connections`` or the role's limit reached."""
 
 
 class Session:
     """One connection and the grants whose advisory locks it holds."""
 
     __slots__ = (
-        "closing", "coalescer", "conn", "dead", "grants", "guc", "idle_timeout", "last_ok",
-        "lock", "on_close", "pending", "pid", "pinging", "shared",
+        "closing", "coalescer", "conn", "dead", "gate_lease", "grants", "guc", "idle_timeout",
+        "last_ok", "lock", "on_close", "pending", "pid", "pinging", "shared",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +59,9 @@ class Session:
         # session; 0: none) and the setting that holds it on this server.
         self.idle_timeout = idle_timeout
         self.guc = guc
+        # The lease a semaphore's head needs while this spare holds the gate for it (0: not
+        # a gatekeeper): the gate blocks the queue, so it is leased like a grant.
+        self.gate_lease = 0.0
         self.pinging: Any = None  # the liveness ping in flight, if any
         # Shared sessions coalesce their queued fast paths and releases (``postgres/_batch.py``).
         self.coalescer = (
@@ -143,11 +120,3 @@ class Session:
                 "between, and session-level advisory locks cannot work through it; connect "
                 "to PostgreSQL directly or use session pooling"
             )
-
-
-def driver_dsn(url: str, ours: frozenset[str]) -> str:
-    """Strip agentlocks' own options from the URL query; asyncpg gets the rest."""
-    parts = urlsplit(url)
-    scheme = "postgresql" if parts.scheme.lower() in ("postgres", "postgresql") else parts.scheme
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ours]
-    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(query)))

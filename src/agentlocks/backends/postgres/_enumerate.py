@@ -11,13 +11,8 @@ matches it to its hashes with :func:`~agentlocks.backends.postgres._sql.keys_for
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from agentlocks.errors import BackendError
-
-from ._grants import DRIVER_ERRORS
 
 if TYPE_CHECKING:
     from ._session import Sessions
@@ -51,15 +46,11 @@ class AdvisoryLock:
     """Seconds this session has waited (waiters on PostgreSQL >= 14), else None."""
 
 
-async def advisory_locks(
-    sessions: Sessions, error: Callable[[BaseException], BackendError], own: frozenset[int]
-) -> list[AdvisoryLock]:
+async def advisory_locks(sessions: Sessions, own: frozenset[int]) -> list[AdvisoryLock]:
     """Every advisory lock row of the database but those of ``own`` sessions (pids)."""
     session = await sessions.shared()
-    try:
+    with sessions.errors.map_driver_errors():
         rows = await session.fetch(_SQL)
-    except DRIVER_ERRORS as exc:
-        raise error(exc) from exc
     return [
         AdvisoryLock(
             key=int(r["key"]),

@@ -19,20 +19,18 @@ import contextlib
 import time
 from typing import Any
 
-import asyncpg
-
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks.backends._base import Grant, describe
 from agentlocks.errors import BackendError
 
-from ._connection import PgBouncerDetected, Session, timeout_ms
+from ._connect import timeout_ms
+from ._connection import Session
+from ._errors import DRIVER_ERRORS, PgBouncerDetected
 from ._liveness import Liveness
-from ._queue import Hold, KeyState, Kind, Request
+from ._queue import Hold, KeyState, KeyStates, Kind, Request
 from ._session import Sessions
 from ._spares import holds_any
 from ._sql import Sql
-
-DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _hand_out(state: KeyState, request: Request, grants: list[Grant]) -> list[Grant]:
@@ -50,7 +48,7 @@ class Grants:
         sessions: Sessions,
         sql: Sql,
         liveness: Liveness,
-        states: dict[str, KeyState],
+        states: KeyStates,
         interval: float,
         tasks: TaskSupervisor,
     ) -> None:
@@ -60,10 +58,7 @@ class Grants:
         self._states = states
         self._interval = interval
         self._tasks = tasks
-
-    def error(self, exc: BaseException) -> BackendError:
-        """A driver error as the BackendError the user sees (password redacted)."""
-        return self._sessions.error(exc, "talking to")
+        self._mapped = sessions.errors.map_driver_errors()  # the error boundary
 
     def release_later(self, grants: list[Grant]) -> None:
         """Release grants nobody wants (their requests were cancelled) in the background.
@@ -81,11 +76,6 @@ class Grants:
                 key=describe(grant.resource),
                 token=grant.token,
             )
-
-    def drop_if_idle(self, resource: str, state: KeyState) -> None:
-        """Forget a resource nobody of this process holds, decides on or waits for."""
-        if state.idle and self._states.get(resource) is state:
-            del self._states[resource]
 
     async def fast(
         self, resource: str, state: KeyState, request: Request, lease_ttl: float
@@ -107,10 +97,8 @@ class Grants:
             )  # fmt: skip
         # Cancellation-safe by itself: a cancelled try leaves nothing held.
         assert session.coalescer is not None
-        try:
+        with self._mapped:
             row = await session.coalescer.try_exclusive_now(keys.gate, keys.hold)
-        except DRIVER_ERRORS as exc:
-            raise self.error(exc) from exc
         grants = self.record(row, session, Kind.SHARED_SESSION, resource, state, request, lease_ttl)
         if not grants:
             return None
@@ -150,11 +138,12 @@ class Grants:
         mine: list[Grant] = []
 
         async def step() -> None:
-            try:
-                row = await session.execute(sql, *args)
-            except DRIVER_ERRORS as exc:
-                _hand_out(state, request, [])
-                raise self.error(exc) from exc
+            with self._mapped:
+                try:
+                    row = await session.execute(sql, *args)
+                except DRIVER_ERRORS:
+                    _hand_out(state, request, [])
+                    raise
             try:
                 grants = self.record(row, session, kind, resource, state, request, lease_ttl)
             except BaseException:
@@ -245,20 +234,23 @@ class Grants:
         sql = self._sql.wait_shared if request.shared else self._sql.wait_exclusive
         lease = request.lease_ttl
         session.idle_timeout = 0.0  # a clean spare; the wait sets its lease once granted
-        try:
-            # The one statement that is cancelled on the server: the spare holds nothing
-            # but what this wait takes, and is scrubbed afterwards.
-            row = await session.execute(sql, keys.gate, keys.hold, session.guc, timeout_ms(lease))
-        except asyncio.CancelledError:
-            # Invariant: a cancelled request leaves no place in the server queue and no
-            # lock. asyncpg has sent the cancel request; release whatever the wait took
-            # (the gate, or the whole grant if it raced the cancellation) before
-            # propagating, even under repeated cancels.
-            await finish(self._sessions.scrub(session))
-            raise
-        except DRIVER_ERRORS as exc:
-            await self._sessions.close(session)
-            raise self.error(exc) from exc
+        with self._mapped:
+            try:
+                # The one statement that is cancelled on the server: the spare holds nothing
+                # but what this wait takes, and is scrubbed afterwards.
+                row = await session.execute(
+                    sql, keys.gate, keys.hold, session.guc, timeout_ms(lease)
+                )
+            except asyncio.CancelledError:
+                # Invariant: a cancelled request leaves no place in the server queue and no
+                # lock. asyncpg has sent the cancel request; release whatever the wait took
+                # (the gate, or the whole grant if it raced the cancellation) before
+                # propagating, even under repeated cancels.
+                await finish(self._sessions.scrub(session))
+                raise
+            except DRIVER_ERRORS:
+                await self._sessions.close(session)
+                raise
         session.idle_timeout = lease
         try:
             (grant,) = self.record(row, session, Kind.PINNED, resource, state, request, lease_ttl)
@@ -273,14 +265,20 @@ class Grants:
         keys = state.keys
         assert request.capacity is not None
         gatekeeper = await self._spare_for(state, request)
-        try:
-            row = await gatekeeper.execute(self._sql.wait_gate, keys.gate)
-            gatekeeper.check_pid(row[0])
-        except BaseException as exc:
-            await finish(self._sessions.scrub(gatekeeper))
-            if isinstance(exc, DRIVER_ERRORS):
-                raise self.error(exc) from exc
-            raise
+        lease = request.lease_ttl
+        gatekeeper.idle_timeout = 0.0  # a clean spare; the wait sets its lease with the gate
+        with self._mapped:
+            try:
+                row = await gatekeeper.execute(
+                    self._sql.wait_gate, keys.gate, gatekeeper.guc, timeout_ms(lease)
+                )
+                gatekeeper.check_pid(row[0])
+            except BaseException:
+                await finish(self._sessions.scrub(gatekeeper))
+                raise
+        # The gate is leased like a grant (the liveness loop pings the gatekeeper within
+        # it): a head cut off silently frees the queue on the server within ``lease``.
+        gatekeeper.idle_timeout = gatekeeper.gate_lease = lease
         # We hold the gate exclusively: fast paths fail, so the slots are ours to try.
         released = asyncio.Event()
 
@@ -291,6 +289,11 @@ class Grants:
         try:
             await self._sessions.listen(keys.channel, wake)
             while grant is None:
+                if gatekeeper.dead:
+                    # Its lease ran out or it was dropped: the gate, our place, is gone.
+                    raise BackendError(
+                        f"the connection holding the queue of {describe(resource)!r} was lost"
+                    )
                 released.clear()  # before trying: a release after the try still wakes us
                 session = await self._sessions.shared()
                 held = state.slots_on(session)
@@ -316,6 +319,8 @@ class Grants:
         return grant
 
     async def _leave_gate(self, gatekeeper: Session, channel: str, wake: Any) -> None:
+        # Before the scrub: a ping after it must not lease the clean spare again.
+        gatekeeper.gate_lease = gatekeeper.idle_timeout = 0.0
         await asyncio.gather(
             self._sessions.scrub(gatekeeper), self._sessions.unlisten(channel, wake)
         )
@@ -339,37 +344,38 @@ class Grants:
             hold.holders.discard(grant)
         session = hold.session
         session.grants.discard(grant)
-        state = self._states.get(grant.resource)
-        if state is not None:
-            state.holders.pop(grant, None)
-            self.drop_if_idle(grant.resource, state)
+        self._states.forget_holder(grant)
         if session.dead:
             return False  # the server released it with the connection
         if hold.kind is Kind.SHARED_SESSION:
             assert session.coalescer is not None
-            try:
-                return await session.coalescer.release_now(hold.key, grant.shared)
-            except DRIVER_ERRORS as exc:
-                if session.dead or session.conn.is_closed():
-                    return False
-                raise self.error(exc) from exc
+            with self._mapped:
+                try:
+                    return await session.coalescer.release_now(hold.key, grant.shared)
+                except DRIVER_ERRORS:
+                    if session.dead or session.conn.is_closed():
+                        return False
+                    raise
         return await finish(self._unlock(grant, hold, session))
 
     async def _unlock(self, grant: Grant, hold: Hold, session: Session) -> bool:
         """Unlock a slot or a pinned grant; a pinned spare goes back clean, or is closed."""
         sql = self._sql
-        try:
-            if hold.kind is Kind.SLOT:
-                row = await session.execute(sql.release_slot, hold.key, hold.keys.channel)
-            else:
-                unlock = sql.unlock_pinned_shared if grant.shared else sql.unlock_pinned_exclusive
-                row = await session.execute(unlock, hold.keys.gate, hold.keys.hold, session.guc)
-        except DRIVER_ERRORS as exc:
-            if hold.kind is Kind.PINNED:
-                await self._sessions.close(session)
-            if session.dead or session.conn.is_closed():
-                return False
-            raise self.error(exc) from exc
+        with self._mapped:
+            try:
+                if hold.kind is Kind.SLOT:
+                    row = await session.execute(sql.release_slot, hold.key, hold.keys.channel)
+                else:
+                    unlock = (
+                        sql.unlock_pinned_shared if grant.shared else sql.unlock_pinned_exclusive
+                    )
+                    row = await session.execute(unlock, hold.keys.gate, hold.keys.hold, session.guc)
+            except DRIVER_ERRORS:
+                if hold.kind is Kind.PINNED:
+                    await self._sessions.close(session)
+                if session.dead or session.conn.is_closed():
+                    return False
+                raise
         if hold.kind is Kind.PINNED:
             session.idle_timeout = 0.0
             await self._sessions.give_back(session)

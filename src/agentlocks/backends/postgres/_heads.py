@@ -11,14 +11,12 @@ rows at a time (``Sql.sweep_heads``): enough to keep up, since a swap adds at mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Final
 
 from agentlocks._tasks import finish
 from agentlocks.backends._base import HeadSwap
 
 from ._connection import Session
-from ._grants import DRIVER_ERRORS
 from ._session import Sessions
 from ._sql import Sql
 
@@ -36,12 +34,11 @@ class PgHeads:
         sessions: Sessions,
         sql: Sql,
         namespace: str,
-        error: Callable[[BaseException], Exception],
     ) -> None:
         self._sessions = sessions
         self._sql = sql
         self._namespace = namespace
-        self._error = error
+        self._mapped = sessions.errors.map_driver_errors()  # the error boundary
         self._ready = False
         self._swaps = 0
 
@@ -50,7 +47,7 @@ class PgHeads:
         ttl: float,
     ) -> HeadSwap:  # fmt: skip
         session = await self._session()
-        try:
+        with self._mapped:
             swapped, head, stored, age = await session.run(
                 self._sql.swap_head, self._namespace, resource, field, expected, new, token,
                 float(ttl),
@@ -58,8 +55,6 @@ class PgHeads:
             if self._swaps % SWEEP_EVERY == 0:
                 await session.run(self._sql.sweep_heads)
             self._swaps += 1
-        except DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
         head = head or ""
         if swapped:
             return HeadSwap("swapped", head, stored, age)
@@ -69,10 +64,8 @@ class PgHeads:
 
     async def drop(self, resource: str) -> None:
         session = await self._session()
-        try:
+        with self._mapped:
             await session.run(self._sql.drop_heads, self._namespace, resource)
-        except DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
 
     async def _session(self) -> Session:
         session = await self._sessions.shared()

@@ -7,15 +7,13 @@ holding a grant and not heard from for half an interval is pinged every
 dropped. Dropping it reports its grants lost: the server may still hold them, but this
 process can no longer prove it, and a lease must never be reported held when it may not be.
 
-The same pings carry each session's *server-side lease* (``idle_session_timeout``, see
-``postgres/_connection.py``): the server ends a session nothing reached for that long, so a
-holder cut off silently loses its locks on the server within about ``lease_ttl`` (through
-a proxy too, where TCP keepalives never fire: the server's socket stays healthy). So every
-session with a lease is pinged well within it, a third of the lease after its last answer,
-whether it holds grants or not, and each renewal (``PostgresBackend.renew``) pings every
-session holding the renewed grants. A ping also sets the lease to what the session's grants
-need now: the longest ``lease_ttl`` among them (a lease shorter than a grant's TTL could free
-the lock on the server before the holder counts it lost).
+The same pings carry each session's *server-side lease* (``idle_session_timeout``; why and
+what it bounds: ``docs/backends.md``, "PostgreSQL"). Every session with a lease is pinged a
+third of the lease after its last answer, whether it holds grants or not, and each renewal
+pings the sessions holding the renewed grants. A ping also sets the lease to what the
+session needs now (``lease_for``): the longest ``lease_ttl`` among its grants and the gate
+it holds for a semaphore's head (a lease shorter than a grant's TTL could free the lock on
+the server before the holder counts it lost).
 
 Pings are never cancelled (a cancel request can land on a later lock statement of the
 connection): each runs in a supervised task of its own, and a caller that stops waiting
@@ -29,17 +27,14 @@ import logging
 import time
 from collections.abc import Iterable
 
-import asyncpg
-
 from agentlocks._tasks import TaskSupervisor
-from agentlocks.errors import BackendError
 
-from ._connection import Session, timeout_ms
+from ._connect import timeout_ms
+from ._connection import Session
 from ._session import Sessions
 
 logger = logging.getLogger("agentlocks")
 
-_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 #: Shortest tick of the liveness loop (seconds), whatever the leases.
 MIN_TICK = 0.05
 
@@ -64,8 +59,8 @@ class Liveness:
     def lease_for(self, session: Session) -> float:
         """The server-side lease ``session`` needs now (seconds; 0: none)."""
         if session.grants:
-            return max(g.lease_ttl for g in session.grants)
-        return self._sessions.lease_ttl if session.shared else 0.0
+            return max(session.gate_lease, *(g.lease_ttl for g in session.grants))
+        return self._sessions.lease_ttl if session.shared else session.gate_lease
 
     def _tick(self) -> float:
         leases = [s.idle_timeout for s in self._sessions.sessions() if s.idle_timeout > 0]
@@ -79,10 +74,14 @@ class Liveness:
                 quiet = now - session.last_ok
                 held = bool(session.grants) and quiet >= self._interval / 2
                 lease = session.idle_timeout > 0 and quiet >= session.idle_timeout / 3
-                # Not while a statement runs on it (pending): that statement keeps the
-                # server's idle clock still, and a ping queued behind a spare's long wait
-                # would time out and drop a healthy waiter.
-                busy = session.pending > 0 or session.pinging is not None
+                # Not while a statement runs on a spare: that statement keeps the server's
+                # idle clock still, and a ping queued behind a long wait would time out and
+                # drop a healthy waiter. A shared session's statements never wait in the
+                # server, so one still running when a ping is due means a connection cut
+                # off silently: the ping queued behind it drops it at its deadline, and the
+                # statement (a fast path, a release) fails instead of hanging for good.
+                running = session.pending > 0 and not session.shared
+                busy = running or session.pinging is not None
                 if (held or lease) and not session.dead and not busy:
                     session.pinging = self.ping(session)
             await self._sessions.give_back_unused()
@@ -113,7 +112,7 @@ class Liveness:
             row = await session.execute(self._ping_sql, session.guc, timeout_ms(want))
             session.check_pid(row[0])
             session.idle_timeout = want
-        except (BackendError, *_DRIVER_ERRORS) as exc:
+        except Exception as exc:  # driver errors, and asyncpg's own confusion after a cancel
             self._drop(session, exc)
         finally:
             timer.cancel()

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from agentlocks.backends._base import Grant
 
+from ._sql import keys_for
+
 if TYPE_CHECKING:
     from ._connection import Session
     from ._sql import Keys
@@ -243,3 +245,46 @@ class KeyState:
                 following.turn.set_result(None)
         if changed:
             self.changed()
+
+
+class KeyStates:
+    """The one owner of this process's :class:`KeyState` per resource.
+
+    A state is made on first use and dropped as soon as it is idle (``drop_if_idle``), so
+    the map holds only the keys someone of this process holds, decides on or waits for.
+    """
+
+    __slots__ = ("_namespace", "_states", "on_change")
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._states: dict[str, KeyState] = {}
+        # Given to every new state (``KeyState.on_change``): the queue-length publisher.
+        self.on_change: Callable[[KeyState], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, resource: str) -> KeyState | None:
+        """The state of ``resource`` if this process has one now."""
+        return self._states.get(resource)
+
+    def state(self, resource: str) -> KeyState:
+        """The state of ``resource``, made if there is none."""
+        state = self._states.get(resource)
+        if state is None:
+            keys = keys_for(self._namespace, resource)
+            state = self._states[resource] = KeyState(resource, keys, self.on_change)
+        return state
+
+    def drop_if_idle(self, state: KeyState) -> None:
+        """Forget ``state`` if nobody of this process holds, decides on or waits for it."""
+        if state.idle and self._states.get(state.resource) is state:
+            del self._states[state.resource]
+
+    def forget_holder(self, grant: Grant) -> None:
+        """``grant`` is no longer held (released or lost): take it off its key's holders."""
+        state = self._states.get(grant.resource)
+        if state is not None:
+            state.holders.pop(grant, None)
+            self.drop_if_idle(state)

@@ -19,16 +19,10 @@ pool only when it holds nothing (asyncpg's reset also runs ``pg_advisory_unlock_
 When a connection ends for any reason the server has released its locks; the
 ``on_dead`` callback then reports every grant it held as lost.
 
-Server-side lease. Shared sessions carry ``idle_session_timeout`` = the coordinator's
-``lease_ttl`` from the moment they open (the fast path sends no extra statement), a spare
-from the moment its wait is granted (``Sql.wait_exclusive``) until its grant is released.
-The liveness loop (``postgres/_liveness.py``) keeps every such session busy well within it.
-
-A borrowed pool (``connect(postgres=pool)``) is shared with the application: this backend
-keeps at most half of the pool's ``max_size`` (``pool_size`` and ``max_spares`` shrink to
-fit), waits for the pool instead of failing when it is exhausted (bounded by the caller's
-timeout, FIFO as asyncpg's pool is), and gives connections back once they stayed unused
-for ``IDLE_LINGER`` seconds, with the settings it changed reset.
+Server-side leases and the borrowed pool's rules: ``docs/backends.md``, "PostgreSQL". A
+borrowed pool (``connect(postgres=pool)``) gets at most half of its ``max_size``
+(``pool_size`` and ``max_spares`` shrink to fit), is waited for when exhausted (bounded by
+the caller's timeout), and gets connections back once unused for ``IDLE_LINGER`` seconds.
 """
 
 from __future__ import annotations
@@ -45,7 +39,9 @@ import asyncpg
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks.errors import BackendError
 
-from ._connection import IDLE_TIMEOUT, IDLE_TIMEOUT_OLD, ServerFull, Session, timeout_ms
+from ._connect import IDLE_TIMEOUT, lease_setting, reset_sql, setup_sql
+from ._connection import Session
+from ._errors import DRIVER_ERRORS, ErrorBoundary, ServerFull
 from ._spares import SpareBudget
 from ._sql import Sql
 
@@ -64,8 +60,7 @@ class Sessions:
         self,
         *,
         dsn: str,
-        redacted: str,
-        password: str | None,
+        errors: ErrorBoundary,
         pool: Any,
         sql: Sql,
         pool_size: int,
@@ -77,14 +72,16 @@ class Sessions:
         on_dead: Callable[[Session], None],
         tasks: TaskSupervisor,
         lease_ttl: float,
+        answer_within: float,
     ) -> None:
         self._dsn = dsn
-        self._redacted = redacted
-        self._password = password
+        self.errors = errors  # the error boundary every statement of this backend runs in
         self._pool = pool
         self._sql = sql
         self._tasks = tasks
         self.lease_ttl = lease_ttl  # a shared session's server-side lease
+        # Seconds a scrub may take before its connection is dropped (``liveness_interval``).
+        self._answer_within = answer_within
         if pool is not None:
             # Borrowed, not taken: keep at most half of the pool, so the application's
             # own queries always find a connection while locks are held.
@@ -126,17 +123,6 @@ class Sessions:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def error(self, exc: BaseException, doing: str) -> BackendError:
-        """``exc`` as a BackendError; the message never holds the password."""
-        if isinstance(
-            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-        ):
-            return BackendError(f"authentication failed {doing} {self._redacted}")
-        text = str(exc) or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return BackendError(f"PostgreSQL error {doing} {self._redacted}: {text}")
-
     async def _connect(self, then: Callable[[Any], Awaitable[T]]) -> T:
         """A new connection (direct), or one borrowed from the pool, passed to ``then``.
 
@@ -150,10 +136,8 @@ class Sessions:
             raise BackendError("the PostgreSQL backend is closed")
         borrowed = None
         if self._pool is not None:
-            try:
+            with self.errors.map_driver_errors("borrowing a connection from the pool of"):
                 borrowed = await self._pool.acquire()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                raise self.error(e, "borrowing a connection from the pool of") from e
         made: list[T] = []
 
         async def step() -> None:
@@ -188,38 +172,33 @@ class Sessions:
             await self._close_conn(made)
 
     async def _connect_direct(self) -> Any:
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                return await asyncpg.connect(
-                    self._dsn,
-                    timeout=self._connect_timeout,
-                    server_settings={"application_name": self._application_name},
-                )
-        except asyncpg.TooManyConnectionsError as exc:
-            text = self.error(exc, "connecting to")
-            raise ServerFull(f"{text} (no connection slot free on the server)") from exc
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise self.error(exc, "connecting to") from exc
+        with self.errors.map_driver_errors("connecting to"):
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    return await asyncpg.connect(
+                        self._dsn,
+                        timeout=self._connect_timeout,
+                        server_settings={"application_name": self._application_name},
+                    )
+            except asyncpg.TooManyConnectionsError as exc:
+                text = self.errors.error(exc, "connecting to")
+                raise ServerFull(f"{text} (no connection slot free on the server)") from exc
 
     async def _bootstrap_tokens(self, conn: Any) -> None:
         sql = self._sql
-        try:
+        with self.errors.map_driver_errors(f"looking for schema {sql.schema!r} on"):
             if not await conn.fetchval(sql.schema_exists, sql.schema):
                 await self._bootstrap(conn, sql.schema, sql.bootstrap_schema, sql.schema_exists)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise self.error(exc, f"looking for schema {sql.schema!r} on") from exc
         await self._bootstrap(conn, sql.sequence, sql.bootstrap_sequence)
 
     async def _bootstrap(self, conn: Any, name: str, ddl: str, exists: str | None = None) -> None:
         """Create a schema, sequence or table on first use; concurrent creators serialise."""
-        try:
+        with self.errors.map_driver_errors(f"creating {name} on"):
             if await conn.fetchval(exists or self._sql.exists, name):
                 return
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_KEY)
                 await conn.execute(ddl)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise self.error(exc, f"creating {name} on") from exc
 
     async def ensure_table(self, session: Session) -> None:
         """Create the generation table on first use (never cut short: see Session.run)."""
@@ -242,27 +221,16 @@ class Sessions:
         return session
 
     async def _configure(self, conn: Any, shared: bool) -> Session:
-        # Session settings a database default could set against us: a statement or lock
-        # timeout would abort a legitimate wait. A shared session gets its server-side
-        # lease (idle_session_timeout = lease_ttl, see the module docstring); a spare gets
-        # one only while it holds a grant. A spare also asks the server to check its
-        # client every second while it waits, so a waiter whose process vanished leaves
-        # the lock queue instead of being granted a lock nobody will release.
-        modern = conn.get_server_version() >= (14,)
-        guc = IDLE_TIMEOUT if modern else IDLE_TIMEOUT_OLD
+        # Settings: postgres/_connect.py. A shared session carries its server-side lease
+        # (lease_ttl) from the start; a spare only with a grant or a semaphore's gate.
+        guc = lease_setting(conn.get_server_version())
         idle = self.lease_ttl if shared else 0.0
-        sql = (
-            "SELECT pg_backend_pid(), set_config('statement_timeout', '0', false),"
-            " set_config('lock_timeout', '0', false),"
-            f" set_config('{guc}', '{timeout_ms(idle)}', false)"
-        )
-        if not shared and modern:
-            sql += ", set_config('client_connection_check_interval', '1000', false)"
-        try:
-            pid = await conn.fetchval(sql)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            await self._close_conn(conn)
-            raise self.error(exc, "configuring a session on") from exc
+        with self.errors.map_driver_errors("configuring a session on"):
+            try:
+                pid = await conn.fetchval(setup_sql(guc, shared, idle))
+            except DRIVER_ERRORS:
+                await self._close_conn(conn)
+                raise
         session = Session(conn, shared, pid, self._sql, self._tasks, idle, guc)
         self._all[session.pid] = session
         session.on_close = lambda _conn: self._terminated(session)
@@ -297,10 +265,7 @@ class Sessions:
             if self._pool is not None:
                 if not conn.is_closed():
                     guc = session.guc if session is not None else IDLE_TIMEOUT
-                    reset = "RESET statement_timeout; RESET lock_timeout"
-                    if guc == IDLE_TIMEOUT:
-                        reset += f"; RESET {guc}; RESET client_connection_check_interval"
-                    await asyncio.wait_for(conn.execute(reset), 2.0)
+                    await asyncio.wait_for(conn.execute(reset_sql(guc)), 2.0)
                 await self._pool.release(conn)
             else:
                 await asyncio.wait_for(conn.close(), 2.0)
@@ -466,16 +431,26 @@ class Sessions:
         Its statement may have taken the gate, or even the whole grant (a grant that raced
         the cancellation): ``pg_advisory_unlock_all`` releases all of it, handing the lock
         on to the next waiter. A late cancel request may hit this statement; one retry.
+
+        Bounded: a connection cut off silently (a partition) never answers the cancelled
+        wait nor this statement, so past ``liveness_interval`` it is dropped instead, and a
+        request that timed out or was cancelled ends on time. What the spare held then
+        goes with the server session (its server-side lease, or the server noticing).
         """
-        for _ in range(2):
-            try:
-                await session.run(self._sql.unlock_all, session.guc)
-            except asyncpg.QueryCanceledError:
-                continue
-            except Exception:  # driver errors, and asyncpg's own confusion after a cancel
-                break
-            await self.give_back(session)
-            return
+        timer = asyncio.get_running_loop().call_later(self._answer_within, self.kill, session)
+        try:
+            for _ in range(2):
+                try:
+                    await session.run(self._sql.unlock_all, session.guc)
+                except asyncpg.QueryCanceledError:
+                    continue
+                except Exception:  # driver errors, and asyncpg's own confusion after a cancel
+                    break
+                timer.cancel()
+                await self.give_back(session)
+                return
+        finally:
+            timer.cancel()
         session.closing = True
         await self.close(session)
 
@@ -486,18 +461,31 @@ class Sessions:
         async with self._listener_lock:
             if self._listener is None or self._listener.is_closed():
                 self._listener = await self._connect(_as_is)
-            try:
-                await self._listener.add_listener(channel, callback)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise self.error(exc, "listening on") from exc
+            listener = self._listener
+            with self.errors.map_driver_errors("listening on"):
+                await self._bounded(listener, listener.add_listener(channel, callback))
 
     async def unlisten(self, channel: str, callback: Callable[..., None]) -> None:
         """Stop delivering ``channel`` to ``callback``."""
         async with self._listener_lock:
             listener = self._listener
             if listener is not None and not listener.is_closed():
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await listener.remove_listener(channel, callback)
+                with contextlib.suppress(*DRIVER_ERRORS):
+                    await self._bounded(listener, listener.remove_listener(channel, callback))
+
+    async def _bounded(self, listener: Any, step: Awaitable[object]) -> None:
+        """Run a LISTEN or UNLISTEN; a listener silent past ``liveness_interval`` is dropped.
+
+        A silent partition would otherwise hold the listener lock, and every semaphore
+        head leaving its gate behind it, for good. Dropping it fails ``step`` at once;
+        the next ``listen`` connects again, and heads still listening on the dropped one
+        notice releases within ``liveness_interval`` (they re-try that often anyway).
+        """
+        timer = asyncio.get_running_loop().call_later(self._answer_within, listener.terminate)
+        try:
+            await step
+        finally:
+            timer.cancel()
 
     async def aclose(self) -> None:
         """Close every connection (the server releases whatever they still held)."""

@@ -31,11 +31,10 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
-import asyncpg
-
 from agentlocks._tasks import TaskSupervisor, finish, settle
 from agentlocks.backends._base import SignalCallback, deliver_safely
 
+from ._errors import DRIVER_ERRORS
 from ._session import Sessions
 from ._sql import Sql
 
@@ -47,7 +46,6 @@ logger = logging.getLogger("agentlocks")
 LINGER: Final = 5.0
 #: Seconds between attempts to reopen a lost LISTEN connection: first, and at most.
 RECONNECT_DELAY: Final = (0.05, 1.0)
-_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class _Statements:
@@ -110,14 +108,12 @@ class PgSignals:
 
     async def _run(self, sql: str, *args: object, rows: bool = False) -> Any:
         session = await self._sessions.shared()
-        try:
+        with self._sessions.errors.map_driver_errors("signalling on"):
             if not self._table_ready:
                 await self._ensure_table(session.conn, session.lock)
             if rows:
                 return await session.fetch(sql, *args)
             return await session.run(sql, *args)
-        except _ERRORS as exc:
-            raise self._sessions.error(exc, "signalling on") from exc
 
     async def _ensure_table(self, conn: Any, lock: asyncio.Lock) -> None:
         async def create() -> None:
@@ -171,14 +167,13 @@ class PgSignals:
             if self._listener is not None and not self._listener.is_closed():
                 return
             conn = await self._sessions._connect(_as_is)
-            try:
-                await conn.add_listener(self._channel, self._notified)
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    conn.terminate()
-                if isinstance(exc, _ERRORS):
-                    raise self._sessions.error(exc, "listening on") from exc
-                raise
+            with self._sessions.errors.map_driver_errors("listening on"):
+                try:
+                    await conn.add_listener(self._channel, self._notified)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+                    raise
             conn.add_termination_listener(self._lost)
             self._listener = conn
 
@@ -229,7 +224,7 @@ class PgSignals:
 
     async def _close(self, conn: Any) -> None:
         conn.remove_termination_listener(self._lost)
-        with contextlib.suppress(*_ERRORS):
+        with contextlib.suppress(*DRIVER_ERRORS):
             await conn.remove_listener(self._channel, self._notified)
         await self._sessions._close_conn(conn)
 

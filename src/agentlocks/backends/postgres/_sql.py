@@ -212,8 +212,13 @@ class Sql:
             f"WITH s AS MATERIALIZED (SELECT coalesce({slots}, '{{}}') AS slots)"
             f" SELECT slots, {slot_tokens} AS tokens FROM s"
         )
+        # A semaphore's head waits for the gate ($1) and, once it holds it, takes on the
+        # head's server-side lease ($2 ``idle_session_timeout`` set to $3 ms), as a
+        # granted lock wait does: the gate blocks the whole queue, so a head cut off
+        # silently must lose it on the server too.
         self.wait_gate = (
-            "WITH g AS MATERIALIZED (SELECT pg_advisory_lock($1)) SELECT pg_backend_pid() FROM g"
+            "WITH g AS MATERIALIZED (SELECT pg_advisory_lock($1))"
+            " SELECT pg_backend_pid(), set_config($2::text, $3::text, false) FROM g"
         )
         self.release_slot = "SELECT pg_advisory_unlock($1), pg_notify($2, '')"
 

@@ -60,7 +60,7 @@ class WaitCounts:
         self,
         sessions: Sessions,
         sql: Sql,
-        forget: Callable[[str, KeyState], None],
+        forget: Callable[[KeyState], None],
         tasks: TaskSupervisor,
     ) -> None:
         self._sessions = sessions
@@ -123,7 +123,7 @@ class WaitCounts:
                 if not failed and state.published != _length(state):
                     self.changed(state)
                 else:
-                    self._forget(state.resource, state)
+                    self._forget(state)
 
     async def _send(self, session: Session, updates: list[tuple[KeyState, int]]) -> bool:
         take: list[int] = []
