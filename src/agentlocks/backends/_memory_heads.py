@@ -52,14 +52,32 @@ class HeadTable:
         ttl: float,
     ) -> HeadSwap:  # fmt: skip
         """``HeadStore.swap_head``, without suspending."""
+        done = self.try_swap(resource, field, expected, new, token, ttl)
+        if isinstance(done, HeadSwap):
+            return done
+        head, stored, age = done
+        return HeadSwap("swapped", head, stored, age)
+
+    def try_swap(
+        self, resource: str, field: str, expected: str | None, new: str, token: int | None,
+        ttl: float,
+    ) -> HeadSwap | tuple[str, int | None, float | None]:  # fmt: skip
+        """``swap`` for the hot path: a refusal as a ``HeadSwap``, a success as a tuple.
+
+        The tuple is what the ``"swapped"`` ``HeadSwap`` would hold (head, token, age
+        before the swap): a plain tuple is cheaper to build than the frozen dataclass, and
+        an in-process checkpoint put does this once per superstep.
+        """
+        records = self._records
+        key = (resource, field)
         with self._lock:
             now = _clock()
-            self._sweep(now)
-            key = (resource, field)
-            record = self._records.get(key)
-            if record is not None and record.expires <= now:
-                record = None
-            if record is None:
+            if records:
+                first = next(iter(records.values()))
+                if first.expires <= now:
+                    self._sweep(now)
+            record = records.get(key)
+            if record is None or record.expires <= now:
                 head, stored, age = "", None, None
             else:
                 head, stored, age = record.head, record.token, now - record.swapped
@@ -68,10 +86,20 @@ class HeadTable:
             if expected is not None and head and head != expected:
                 return HeadSwap("conflict", head, stored, age)
             kept = token if stored is None else stored if token is None else max(stored, token)
-            self._records.pop(key, None)  # re-inserted at the end: the sweep order
-            self._records[key] = _Record(new, kept, now, now + ttl)
-            self._fields.setdefault(resource, set()).add(field)
-            return HeadSwap("swapped", head, stored, age)
+            if record is None:
+                record = _Record(new, kept, now, now + ttl)
+                fields = self._fields.get(resource)
+                if fields is None:
+                    self._fields[resource] = {field}
+                else:
+                    fields.add(field)
+            else:
+                # The same object, updated: only its place in the sweep order changes.
+                del records[key]
+                record.head, record.token, record.swapped = new, kept, now
+                record.expires = now + ttl
+            records[key] = record  # at the end: the sweep order
+            return head, stored, age
 
     def drop(self, resource: str) -> None:
         """``HeadStore.drop_heads``, without suspending."""

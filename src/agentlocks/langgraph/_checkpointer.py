@@ -24,8 +24,10 @@ from typing import Any, Final
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 
+from ._context import LEASE_KEY
 from ._heads import DEFAULT_HEAD_TTL, Heads, check_lease
 
 __all__ = ["guard_checkpointer"]
@@ -174,11 +176,12 @@ def _put(
     self: _Guarded, config: Config, checkpoint: Any, metadata: Any, new_versions: Any,
     *args: Any, **kwargs: Any,
 ) -> Any:  # fmt: skip
-    plan = self._heads.plan(config, checkpoint)
-    return self._heads.put_sync(
-        plan,
-        lambda: self._inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs),
-        lambda head: self._inner.get_tuple(_at(config, head)) is not None,
+    inner = self._inner
+    return self._heads.put_now(
+        config,
+        checkpoint,
+        lambda: inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs),
+        lambda head: inner.get_tuple(_at(config, head)) is not None,
     )
 
 
@@ -186,16 +189,18 @@ async def _aput(
     self: _Guarded, config: Config, checkpoint: Any, metadata: Any, new_versions: Any,
     *args: Any, **kwargs: Any,
 ) -> Any:  # fmt: skip
-    plan = self._heads.plan(config, checkpoint)
+    inner = self._inner
     if self._inline:
         # Invariant (see Heads.put): no cancellation may land between the head swap and
         # the saver's write, nor inside the write. Here neither suspends, so from the swap
         # to the end of the write there is no await at all: nothing to cancel.
-        return self._heads.put_sync(
-            plan,
-            lambda: self._inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs),
-            lambda head: self._inner.get_tuple(_at(config, head)) is not None,
+        return self._heads.put_now(
+            config,
+            checkpoint,
+            lambda: inner.put(config, checkpoint, metadata, new_versions, *args, **kwargs),
+            lambda head: inner.get_tuple(_at(config, head)) is not None,
         )
+    plan = self._heads.plan(config, checkpoint)
 
     async def exists(head: str) -> bool:
         return await self._inner.aget_tuple(_at(config, head)) is not None
@@ -233,7 +238,12 @@ async def _aput_writes(
     self: _Guarded, config: Config, writes: Sequence[tuple[str, Any]], task_id: str,
     task_path: str = "", *args: Any, **kwargs: Any,
 ) -> None:  # fmt: skip
-    check_lease(config, (config.get("configurable") or {}).get("thread_id"))
+    configurable = config.get("configurable") or {}
+    lease = configurable.get(LEASE_KEY)
+    if not isinstance(lease, Lease) or lease.lost:
+        # The config's own lease, held, is all check_lease would find; anything else
+        # (no marker, a lost lease) takes the full check.
+        check_lease(config, configurable.get("thread_id"))
     await self._inner.aput_writes(config, writes, task_id, task_path, *args, **kwargs)
 
 

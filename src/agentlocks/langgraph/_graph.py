@@ -12,11 +12,11 @@ it). So nothing can slip past the lock by calling a method this module forgot, a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list
+from langchain_core.runnables.config import get_config_list, var_child_runnable_config
 from langgraph._internal._config import ensure_config
 from langgraph.pregel import Pregel
 from langgraph.runtime import RunControl
@@ -189,7 +189,7 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
         run instead of one per chunk), the hot path of most applications.
         """
         guard = self._agentlocks_guard
-        configurable = ensure_config(self.config, config)["configurable"]
+        configurable = _configurable(self, config)
         thread_id = configurable.get("thread_id")
         invoke = super().ainvoke
         if thread_id is None or is_nested(configurable, thread_id):
@@ -204,7 +204,7 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
         self, held: Held | None, input: Any, config: Any, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         guard = self._agentlocks_guard
-        configurable = ensure_config(self.config, config)["configurable"]
+        configurable = _configurable(self, config)
         thread_id = configurable.get("thread_id")
         stream = super().astream
         if held is None and (thread_id is None or is_nested(configurable, thread_id)):
@@ -230,6 +230,24 @@ class GuardedGraph(Pregel[Any, Any, Any, Any]):
                     except StopAsyncIteration:
                         break
                     yield chunk
+
+
+def _configurable(graph: Pregel[Any, Any, Any, Any], config: Any) -> Mapping[str, Any]:
+    """``ensure_config(graph.config, config)["configurable"]``, without the merge if it is moot.
+
+    LangGraph merges the ``configurable`` of the calling context (a parent run's), of the
+    graph's own config (``with_config``) and of the explicit config, and merges the whole
+    config again inside ``Pregel.ainvoke``. When the first two are empty the merged
+    ``configurable`` is the explicit one: read it as is (only read, never changed), and
+    leave the one full merge to LangGraph.
+    """
+    if isinstance(config, dict) and var_child_runnable_config.get() is None:
+        own = graph.config
+        if not own or not own.get("configurable"):
+            configurable = config.get("configurable")
+            if isinstance(configurable, dict) and configurable:
+                return configurable
+    return ensure_config(graph.config, config)["configurable"]
 
 
 def _marked_nested(config: Any) -> bool:

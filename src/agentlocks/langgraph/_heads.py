@@ -35,10 +35,12 @@ import anyio
 
 from agentlocks._lease import Lease
 from agentlocks.backends._base import HeadStore, HeadSwap
+from agentlocks.backends._memory_heads import HeadTable
+from agentlocks.backends.memory import MemoryBackend
 from agentlocks.coordinator import Coordinator
 from agentlocks.errors import ConcurrentRunError, ConfigError, LeaseLost
 
-from ._context import lease_for, thread_key
+from ._context import LEASE_KEY, lease_for, thread_key
 
 __all__ = ["DEFAULT_HEAD_TTL", "Heads", "PutPlan"]
 
@@ -163,6 +165,15 @@ class Heads:
         self._swap_now: Callable[..., HeadSwap] | None = getattr(backend, "swap_head_nowait", None)
         #: The store swaps without suspending: a put on it needs no task (see ``aput``).
         self.swaps_inline = self._swap_now is not None
+        # memory://'s own table, when the backend's swap is the table's (not overridden):
+        # ``put_now`` swaps through it without building a HeadSwap on success.
+        table = getattr(backend, "_heads", None)
+        self._table: HeadTable | None = (
+            table
+            if isinstance(table, HeadTable)
+            and getattr(type(backend), "swap_head_nowait", None) is MemoryBackend.swap_head_nowait
+            else None
+        )
 
     def note_loop(self) -> None:
         """Remember the event loop the saver is used on (for synchronous calls)."""
@@ -302,6 +313,72 @@ class Heads:
                 exc,
             )
 
+    def put_now(
+        self,
+        config: Mapping[str, Any],
+        checkpoint: Mapping[str, Any],
+        write: Callable[[], T],
+        exists: Callable[[str], bool],
+    ) -> T:
+        """``plan`` then ``put_sync``, for a store and a saver that never suspend.
+
+        The hot path of every ``InMemorySaver`` put on ``memory://``: the same checks in
+        the same order, with no ``PutPlan`` or ``HeadSwap`` built unless the swap is
+        refused (or the write fails and the head must be put back).
+        """
+        table = self._table
+        if table is None:
+            return self.put_sync(self.plan(config, checkpoint), write, exists)
+        configurable = config.get("configurable") or {}
+        thread_id = configurable.get("thread_id")
+        checkpoint_id = configurable.get("checkpoint_id")
+        lease = configurable.get(LEASE_KEY)
+        if (
+            thread_id is None
+            or not checkpoint_id
+            or not isinstance(lease, Lease)
+            or lease.lost
+            or lease.key != thread_key(thread_id)
+            or str(checkpoint["id"]) <= checkpoint_id
+            or _marks.get()
+        ):
+            # Anything but a fenced child of a parent with no mark on it: the general path
+            # (it raises the errors, and consumes marks, as the plan says).
+            return self.put_sync(self.plan(config, checkpoint), write, exists)
+        # Exactly plan()'s outcome for this case: expected = parent, this lease's token.
+        thread_id = str(thread_id)
+        field = str(configurable.get("checkpoint_ns") or "")
+        child = str(checkpoint["id"])
+        resource = "l:" + thread_key(thread_id)
+        token = lease.token
+        done = table.try_swap(resource, field, checkpoint_id, child, token, self.ttl)
+        if isinstance(done, HeadSwap):  # refused (or maybe a stale head): the general path
+            plan = PutPlan(thread_id, field, checkpoint_id, child, lease)
+            if self.stale(done) and not exists(done.head):
+                self._warn_stale(plan, done)
+                done = self._swap_sync(resource, field, done.head, child, token)
+            swap = plan.outcome(done)
+            return self._write_sync(plan, swap.head, write)
+        try:
+            return write()
+        except BaseException:
+            plan = PutPlan(thread_id, field, checkpoint_id, child, lease)
+            self._restore_sync(plan, done[0])
+            raise
+
+    def _write_sync(self, plan: PutPlan, previous: str, write: Callable[[], T]) -> T:
+        try:
+            return write()
+        except BaseException:
+            self._restore_sync(plan, previous)
+            raise
+
+    def _restore_sync(self, plan: PutPlan, previous: str) -> None:
+        try:
+            self._swap_sync(plan.resource, plan.field, plan.new, previous, plan.token)
+        except Exception as exc:
+            logger.warning("could not put back the head of thread %r: %s", plan.thread_id, exc)
+
     def put_sync(self, plan: PutPlan, write: Callable[[], T], exists: Callable[[str], bool]) -> T:
         """``put`` for a synchronous saver call (same order and hazards)."""
         swap = self._swap_sync(plan.resource, plan.field, plan.expected, plan.new, plan.token)
@@ -309,14 +386,7 @@ class Heads:
             self._warn_stale(plan, swap)
             swap = self._swap_sync(plan.resource, plan.field, swap.head, plan.new, plan.token)
         swap = plan.outcome(swap)
-        try:
-            return write()
-        except BaseException:
-            try:
-                self._swap_sync(plan.resource, plan.field, plan.new, swap.head, plan.token)
-            except Exception as exc:
-                logger.warning("could not put back the head of thread %r: %s", plan.thread_id, exc)
-            raise
+        return self._write_sync(plan, swap.head, write)
 
     def _swap_sync(
         self, resource: str, field: str, expected: str | None, new: str, token: int | None

@@ -77,13 +77,14 @@ class GuardedRun:
         # May raise (a warning turned into an error): use start(), which releases then.
         guard.warn_lent_checkpointer(configurable)
         self.control = run_control(control, configurable)()
-        self.relay = Relay(self.control)
+        # Only the "interrupt" strategy's drain signals are handed a relay.
+        self.relay = Relay(self.control) if guard.on_busy == "interrupt" else None
         self.config: Any = with_lease(config, held.lease)  # a RunnableConfig
 
     async def __aenter__(self) -> GuardedRun:
         try:
             signals = self._guard.signals
-            if signals is not None:
+            if signals is not None and self.relay is not None:
                 exits = contextlib.AsyncExitStack()
                 await exits.enter_async_context(
                     # The held lease says which requests are for this run (no lookup).
@@ -174,7 +175,7 @@ class GuardedRun:
         try:
             if self._exits is not None:
                 await self._exits.aclose()
-            if isinstance(exc, GraphDrained) and self.relay.fired:
+            if isinstance(exc, GraphDrained) and self.relay is not None and self.relay.fired:
                 await self._close_dangling()
             elif isinstance(exc, asyncio.CancelledError):
                 me = asyncio.current_task()
