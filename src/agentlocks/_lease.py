@@ -28,9 +28,9 @@ class Lease:
 
     ``coord.acquire(...)`` and ``coord.semaphore(...)`` return a *pending* lease. Acquire it
     by awaiting it (``lease = await coord.acquire(key)``; release it yourself) or with
-    ``async with coord.acquire(key) as lease:`` (released when the block exits; on remote
-    backends with ``on_lost="cancel"`` the block is cancelled if the lease is lost, and the
-    exit raises ``LeaseLost``). A lease is acquired at most once.
+    ``async with coord.acquire(key) as lease:`` (released when the block exits; where leases
+    expire, as on Redis and PostgreSQL, with ``on_lost="cancel"`` the block is cancelled if
+    the lease is lost, and the exit raises ``LeaseLost``). A lease is acquired at most once.
 
     Attributes:
         key: The lock key or semaphore name.
