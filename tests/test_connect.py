@@ -140,7 +140,7 @@ def test_password_is_redacted_everywhere() -> None:
 def test_registered_scheme_is_used() -> None:
     """register_backend adds a scheme; its class is imported on first use."""
     agentlocks.register_backend("mem2", "agentlocks.backends.memory:MemoryBackend", replace=True)
-    assert agentlocks.connect("mem2://").backend.remote is False
+    assert agentlocks.connect("mem2://").backend.leases_expire is False
 
 
 def test_register_backend_validates_and_protects_builtins() -> None:

@@ -294,6 +294,39 @@ def test_bad_options_fail_when_the_decorator_is_made(
         memory.serialized("k", **options)
 
 
+def test_unknown_options_are_type_errors_naming_the_decorator(memory: Coordinator) -> None:
+    """An option a decorator does not take is a TypeError, as for a keyword parameter."""
+    with pytest.raises(TypeError, match=r"serialized\(\) got an unexpected keyword argument 'ttl'"):
+        memory.serialized("k", ttl=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"backpressure\(\) got an unexpected keyword .* 'wait'"):
+        memory.backpressure("b", capacity=1, wait=False)  # type: ignore[call-arg]
+
+
+async def test_options_are_validated_once_not_per_call(
+    memory: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decorator builds its request when it is made; calls reuse it, options applied."""
+    built: list[object] = []
+    real = agentlocks.coordinator.build_request
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(agentlocks.coordinator, "build_request", counting)
+    seen: list[bool] = []
+
+    @memory.serialized("user:{user_id}", shared=True, lease_ttl=7)
+    async def ingest(user_id: str) -> None:
+        info = await memory.inspect(f"user:{user_id}")
+        seen.append(info.holders[0].shared)
+
+    for user in ("a", "b", "a"):
+        await ingest(user)
+    assert len(built) == 1
+    assert seen == [True, True, True]
+
+
 async def test_an_error_in_the_function_releases_the_key(coord: Coordinator) -> None:
     """The function's exception propagates and the key is free afterwards."""
 

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 import agentlocks
+from agentlocks.backends import Grant
 from agentlocks.backends.memory import MemoryBackend
 
 
@@ -120,3 +121,15 @@ async def test_retry_after_follows_measured_waits() -> None:
         with pytest.raises(agentlocks.Busy) as refused:
             await coord.acquire("r", wait=False)
     assert 0.02 < refused.value.retry_after < 0.5
+
+
+def test_inlined_grant_construction_matches_the_constructor() -> None:
+    """try_acquire's inlined Grant construction sets every slot exactly as Grant() does."""
+    backend = agentlocks.connect().backend
+    assert isinstance(backend, MemoryBackend)
+    fast = backend.try_acquire("l:k", False, None, 7.0)
+    assert fast is not None
+    slow = Grant(fast.resource, fast.token, fast.shared, fast.lease_ttl, fast.acquired_at)
+    for slot in Grant.__slots__:
+        assert getattr(fast, slot) == getattr(slow, slot), slot
+    assert (fast.resource, fast.shared, fast.lease_ttl, fast.handle) == ("l:k", False, 7.0, None)

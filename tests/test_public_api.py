@@ -83,6 +83,6 @@ def test_inlined_lease_construction_matches_the_constructor() -> None:
     """acquire()'s inlined Lease construction sets every slot exactly as Lease() does."""
     coord = agentlocks.connect()
     fast = coord.acquire("k")
-    slow = agentlocks.Lease(coord, fast._request)
+    slow = agentlocks.Lease(coord, fast._resource, fast._request)
     for slot in agentlocks.Lease.__slots__:
         assert getattr(fast, slot) == getattr(slow, slot), slot

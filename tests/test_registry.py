@@ -76,7 +76,7 @@ async def settle(coord: Coordinator, registry: Registry, count: int) -> None:
 
 def require_shared_state(coord: Coordinator) -> None:
     """Skip on in-process backends: another process (or coordinator) has its own state."""
-    if not coord.backend.remote:
+    if not coord.backend.shared_state:
         pytest.skip(f"{coord!r} keeps its state in-process; replicas do not share it")
 
 

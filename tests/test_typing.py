@@ -8,12 +8,15 @@ error, so if a decorator erased the signature (``Callable[..., Any]``), mypy wou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, assert_type
+
+from starlette.requests import Request
 
 import agentlocks
 from agentlocks import Lease
 from agentlocks.decorators import Backpressure, Serialized
+from agentlocks.fastapi import serialized as serialized_dependency
 
 coord = agentlocks.connect("memory://")
 serial = coord.serialized("user:{user_id}", timeout=30)
@@ -57,6 +60,23 @@ async def _static_checks() -> None:
     serial(sync)  # type: ignore[arg-type]
     cap(sync)  # type: ignore[arg-type]
     del wrong
+
+
+def _option_checks() -> None:
+    """Never called: every option is typed (``**options: Unpack[...]``) wherever it is taken."""
+    assert_type(coord.serialized("k", shared=True, on_lost="ignore", lease_ttl=5), Serialized)
+    coord.serialized("k", timeout="soon")  # type: ignore[arg-type]
+    coord.serialized("k", on_lost="explode")  # type: ignore[arg-type]
+    coord.serialized("k", ttl=5)  # type: ignore[call-arg]
+    assert_type(coord.backpressure("b", capacity=2, on_lost="ignore"), Backpressure)
+    coord.backpressure("b", capacity=2, wait=False)  # type: ignore[call-arg]
+    coord.backpressure("b", capacity=2, max_waiting="many")  # type: ignore[arg-type]
+    dependency = serialized_dependency(coord, "user:{user_id}", timeout=5, shared=True)
+    assert_type(dependency, Callable[[Request], AsyncIterator[Lease]])
+    serialized_dependency(coord, "k", wait="no")  # type: ignore[arg-type]
+    serialized_dependency(coord, "k", capacity=3)  # type: ignore[call-arg]
+    coord.acquire("k", max_waiting=1.5)  # type: ignore[arg-type]
+    coord.semaphore("s", 2, shared=True)  # type: ignore[call-arg]
 
 
 async def test_decorated_calls_return_the_wrapped_result_types() -> None:

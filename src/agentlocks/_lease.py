@@ -11,20 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._options import Request
 from .backends._base import Grant
 from .errors import LeaseLost
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
-
-OnLost = Literal["cancel", "ignore"]
-
-Request = tuple[str, str, bool, "int | None", "float | None", bool, "int | None", float, OnLost]
-"""(resource, key, shared, capacity, timeout, wait, max_waiting, lease_ttl, on_lost)"""
 
 
 class Lease:
@@ -32,9 +28,9 @@ class Lease:
 
     ``coord.acquire(...)`` and ``coord.semaphore(...)`` return a *pending* lease. Acquire it
     by awaiting it (``lease = await coord.acquire(key)``; release it yourself) or with
-    ``async with coord.acquire(key) as lease:`` (released when the block exits; on remote
-    backends with ``on_lost="cancel"`` the block is cancelled if the lease is lost, and the
-    exit raises ``LeaseLost``). A lease is acquired at most once.
+    ``async with coord.acquire(key) as lease:`` (released when the block exits; where leases
+    expire, as on Redis and PostgreSQL, with ``on_lost="cancel"`` the block is cancelled if
+    the lease is lost, and the exit raises ``LeaseLost``). A lease is acquired at most once.
 
     Attributes:
         key: The lock key or semaphore name.
@@ -54,11 +50,14 @@ class Lease:
         thread:42 1 False
     """
 
-    __slots__ = ("_coordinator", "_grant", "_lost", "_released", "_request", "_scope")
+    __slots__ = ("_coordinator", "_grant", "_lost", "_released", "_request", "_resource", "_scope")
 
-    def __init__(self, coordinator: Coordinator, request: Request) -> None:
+    def __init__(self, coordinator: Coordinator, resource: str, request: Request) -> None:
         self._coordinator = coordinator
-        # One tuple rather than nine attributes: a lease is built on every acquire.
+        # The resource (``"l:" + key`` or ``"s:" + name``) and the request's options, which
+        # are shared by every lease made with the same options: a lease is built on every
+        # acquire, and building no request object for it is the cheapest way to carry them.
+        self._resource = resource
         self._request = request
         self._grant: Grant | None = None
         self._lost = False
@@ -72,12 +71,12 @@ class Lease:
     @property
     def key(self) -> str:
         """The lock key or semaphore name this lease is for."""
-        return self._request[1]
+        return self._resource[2:]  # (``describe`` of backends/_base.py, inlined)
 
     @property
     def shared(self) -> bool:
         """False for an exclusive lock; True for a shared lock or a semaphore slot."""
-        return self._request[2]
+        return self._request.shared
 
     @property
     def token(self) -> int:
@@ -128,8 +127,8 @@ class Lease:
         try_acquire = self._coordinator._try_acquire
         if try_acquire is None:
             return False
-        resource, _, shared, capacity, _, _, _, lease_ttl, _ = self._request
-        grant = try_acquire(resource, shared, capacity, lease_ttl)
+        request = self._request
+        grant = try_acquire(self._resource, request.shared, request.capacity, request.lease_ttl)
         if grant is None:
             return False
         self._grant = grant
@@ -140,15 +139,21 @@ class Lease:
         coord = self._coordinator
         try_acquire = coord._try_acquire
         if try_acquire is not None and self._grant is None and not self._released:
-            resource, _, shared, capacity, timeout, wait, max_waiting, lease_ttl, _ = self._request
-            grant = try_acquire(resource, shared, capacity, lease_ttl)
-            if grant is None and timeout is None and wait and max_waiting is None:
+            request = self._request
+            resource = self._resource
+            grant = try_acquire(resource, request.shared, request.capacity, request.lease_ttl)
+            if (
+                grant is None
+                and request.timeout is None
+                and request.wait
+                and request.max_waiting is None
+            ):
                 # Nothing for the coordinator to enforce (no deadline, no fail-fast
                 # option, in-process), so wait in the backend directly: one coroutine
                 # frame less between a release and this waiter running.
                 grant = yield from coord._backend.acquire(
-                    resource, shared=shared, capacity=capacity, wait=True,
-                    max_waiting=None, lease_ttl=lease_ttl, timeout=None,
+                    resource, shared=request.shared, capacity=request.capacity, wait=True,
+                    max_waiting=None, lease_ttl=request.lease_ttl,
                 ).__await__()  # fmt: skip
             if grant is not None:
                 self._grant = grant
@@ -162,7 +167,7 @@ class Lease:
     async def __aenter__(self) -> Lease:
         if not self._try_now():
             await self._coordinator._acquire(self)
-        if self._coordinator._renewer is not None and self._request[8] == "cancel":
+        if self._coordinator._renewer is not None and self._request.on_lost == "cancel":
             # The body runs inside this scope; _mark_lost cancels it. Entered here and exited
             # in __aexit__, in the same task, so the scopes nest correctly.
             scope = anyio.CancelScope()
@@ -220,7 +225,7 @@ class Lease:
         leases, so that a late renewal cannot turn a clean release into a loss)."""
         if not self._lost:
             self._lost = True
-            self._coordinator._telemetry.lost(self._request[0])
+            self._coordinator._telemetry.lost(self._resource)
 
     def _mark_lost(self) -> None:
         """Record a loss found while held and, if the block asked for it, cancel that block.
@@ -230,6 +235,6 @@ class Lease:
         if self._lost or self._released:
             return
         self._lost = True
-        self._coordinator._telemetry.lost(self._request[0])
-        if self._scope is not None and self._request[8] == "cancel":
+        self._coordinator._telemetry.lost(self._resource)
+        if self._scope is not None and self._request.on_lost == "cancel":
             self._scope.cancel()

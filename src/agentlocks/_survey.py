@@ -85,7 +85,7 @@ async def survey(coord: Coordinator, prefix: str = "", *, idle: bool = False) ->
     backend = coord.backend
     if isinstance(backend, Enumerable):
         resources = await backend.keys(prefix)
-        if not backend.remote:
+        if not backend.shared_state:
             result.notes.append(
                 "memory:// is in-process: this lists only this process's own locks; "
                 "another process's memory:// locks cannot be seen from here"

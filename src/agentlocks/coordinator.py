@@ -19,8 +19,14 @@ import anyio
 from typing_extensions import Unpack
 
 from ._keys import MAX_KEY_BYTES, check_key
-from ._lease import Lease, OnLost
-from ._options import LockOptions, SemaphoreOptions, build_request
+from ._lease import Lease
+from ._options import (
+    BackpressureOptions,
+    LockOptions,
+    Request,
+    SemaphoreOptions,
+    build_request,
+)
 from ._registry import load_backend
 from ._registry_lock import Registry
 from ._renewal import Renewer
@@ -125,14 +131,17 @@ class Coordinator:
         # Owns every background task of this coordinator and its backend (``_tasks.py``).
         self._tasks = TaskSupervisor()
         self._backend: Backend = backend_cls(settings, self._on_backend_lost, self._tasks)
-        self._remote = bool(backend_cls.remote)
         # A backend whose release cannot be cut short by its caller's cancellation (it says
         # so with ``release_finishes = True``) is awaited directly: finish() would only add
         # a task and three loop wake-ups to every release.
         self._release_finishes = bool(getattr(backend_cls, "release_finishes", False))
-        self._renewer = Renewer(self._backend, self._tasks) if self._remote else None
-        # Optional synchronous fast path (in-process backends only; see FastPath).
-        fast = self._backend if not self._remote and isinstance(self._backend, FastPath) else None
+        # Leases that expire unless renewed are renewed, tracked and can be lost; the
+        # others never are, so none of that machinery exists for them.
+        leases_expire = bool(backend_cls.leases_expire)
+        self._renewer = Renewer(self._backend, self._tasks) if leases_expire else None
+        # Optional synchronous fast path (see FastPath): only where leases do not expire,
+        # because its grants bypass the renewer's tracking.
+        fast = None if leases_expire or not isinstance(self._backend, FastPath) else self._backend
         self._try_acquire: Callable[[str, bool, int | None, float], Grant | None] | None = (
             None if fast is None else fast.try_acquire
         )
@@ -142,6 +151,8 @@ class Coordinator:
         self._closed = False
         self._telemetry = TELEMETRY.recorder(settings.scheme, settings.namespace)
         self._lease_ttl = float(settings.lease_ttl)
+        # The request of every acquire() that passes no option: built once, shared.
+        self._default_request = build_request("acquire", None, {}, self._lease_ttl)
         self._wait_ewma: float | None = None  # seconds; feeds Unavailable.retry_after
 
     def __repr__(self) -> str:
@@ -238,25 +249,24 @@ class Coordinator:
             # acquire+release (callgrind). Keep these stores in step with Lease.__init__.
             lease = _new_lease(Lease)
             lease._coordinator = self
-            lease._request = (
-                "l:" + key,
-                key,
-                False,
-                None,
-                None,
-                True,
-                None,
-                self._lease_ttl,
-                "cancel",
-            )
+            lease._resource = "l:" + key
+            lease._request = self._default_request
             lease._grant = None
             lease._lost = False
             lease._released = False
             lease._scope = None
             return lease
-        return Lease(
-            self, build_request("acquire", "l:" + key, key, None, options, self._lease_ttl)
-        )
+        return Lease(self, "l:" + key, build_request("acquire", None, options, self._lease_ttl))
+
+    def _lock_lease(self, key: str, request: Request) -> Lease:
+        """``acquire(key, **options)`` for options already built into ``request``."""
+        if type(key) is not str or not key.isascii() or not 0 < len(key) <= MAX_KEY_BYTES:
+            check_key(key)
+        return Lease(self, "l:" + key, request)
+
+    def _lock_request(self, caller: str, options: LockOptions) -> Request:
+        """Validate ``acquire`` options once, for a decorator that reuses them per call."""
+        return build_request(caller, None, options, self._lease_ttl)
 
     def semaphore(self, name: str, capacity: int, **options: Unpack[SemaphoreOptions]) -> Lease:
         """Request one of ``capacity`` slots of ``name``: FIFO, cluster-wide.
@@ -277,12 +287,13 @@ class Coordinator:
         check_key(name, "semaphore name")
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ConfigError(f"capacity must be an int >= 1, got {capacity!r}")
-        request = build_request("semaphore", "s:" + name, name, capacity, options, self._lease_ttl)
-        return Lease(self, request)
+        request = build_request("semaphore", capacity, options, self._lease_ttl)
+        return Lease(self, "s:" + name, request)
 
     async def _acquire(self, lease: Lease) -> None:
         """Acquire ``lease`` through the backend (the slow path: it may wait)."""
-        resource, key, shared, capacity, timeout, wait, max_waiting, lease_ttl, _ = lease._request
+        resource, request = lease._resource, lease._request
+        key, timeout, wait = resource[2:], request.timeout, request.wait
         if self._closed:
             raise ConfigError(f"{self!r} is closed")
         # timeout=0 means "do not wait at all": wait=False, reported as a timeout. (A zero
@@ -294,16 +305,17 @@ class Coordinator:
         try:
             if timeout is None or immediate:
                 grant = await self._backend.acquire(
-                    resource, shared=shared, capacity=capacity, wait=not immediate,
-                    max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=timeout,
+                    resource, shared=request.shared, capacity=request.capacity,
+                    wait=not immediate, max_waiting=request.max_waiting,
+                    lease_ttl=request.lease_ttl,
                 )  # fmt: skip
             else:
                 # The timeout is a cancellation of the backend's wait; backends guarantee
                 # that a cancelled acquire leaves nothing held or queued (guarantee 7).
                 with anyio.move_on_after(timeout) as scope:
                     grant = await self._backend.acquire(
-                        resource, shared=shared, capacity=capacity, wait=True,
-                        max_waiting=max_waiting, lease_ttl=lease_ttl, timeout=timeout,
+                        resource, shared=request.shared, capacity=request.capacity, wait=True,
+                        max_waiting=request.max_waiting, lease_ttl=request.lease_ttl,
                     )  # fmt: skip
                 if scope.cancelled_caught:
                     raise AcquireTimeout(f"{key!r} was not granted within {timeout:g} s", key=key)
@@ -348,8 +360,12 @@ class Coordinator:
             # aclose() ended every grant (held leases count as lost from then on).
             lease._lost_at_release()
         elif self._renewer is None:
-            # In-process backends never suspend in release, so no cancellation can land here.
-            await self._backend.release(grant)
+            # Leases that do not expire are never lost, so the answer needs no reading; the
+            # release still runs to its end, as below.
+            if self._release_finishes:
+                await self._backend.release(grant)
+            else:
+                await finish(self._backend.release(grant))
         else:
             expired = self._renewer.untrack(grant)
             if lease._lost or expired:
@@ -404,25 +420,14 @@ class Coordinator:
 
     # -- backpressure decorators ------------------------------------------------------------
 
-    def serialized(
-        self,
-        key: KeySpec,
-        /,
-        *,
-        shared: bool = False,
-        timeout: float | None = None,
-        wait: bool = True,
-        max_waiting: int | None = None,
-        lease_ttl: float | None = None,
-        on_lost: OnLost = "cancel",
-    ) -> Serialized:
+    def serialized(self, key: KeySpec, /, **options: Unpack[LockOptions]) -> Serialized:
         """Decorate an ``async def`` so calls with the same key run one at a time, FIFO.
 
         Args:
             key: A template formatted from the call's bound arguments, defaults applied
                 (``"user:{user_id}"``, ``"{tenant}:{thread_id}"``, ``"{req.user_id}"``), or
                 a callable taking the same arguments and returning the key.
-            shared, timeout, wait, max_waiting, lease_ttl, on_lost: As for :meth:`acquire`.
+            **options: Those of :meth:`acquire` (:class:`~agentlocks.LockOptions`).
 
         Raises:
             ConfigError: A malformed template or a bad option, here.
@@ -440,21 +445,14 @@ class Coordinator:
             >>> anyio.run(run, "acme", 7)
             'held=True'
         """
-        return Serialized(
-            self, key,
-            {"shared": shared, "timeout": timeout, "wait": wait, "max_waiting": max_waiting,
-             "lease_ttl": lease_ttl, "on_lost": on_lost},
-        )  # fmt: skip
+        return Serialized(self, key, options)
 
     def backpressure(
         self,
         name: str,
         *,
         capacity: int,
-        max_waiting: int | None = None,
-        timeout: float | None = None,
-        lease_ttl: float | None = None,
-        on_lost: OnLost = "cancel",
+        **options: Unpack[BackpressureOptions],
     ) -> Backpressure:
         """Cap concurrent calls cluster-wide (``semaphore(name, capacity)``), failing fast.
 
@@ -463,6 +461,12 @@ class Coordinator:
         Both are ``Unavailable`` with a ``retry_after`` estimate (HTTP 503 under
         ``agentlocks.fastapi``). Stack it *below* :meth:`serialized` (see
         ``agentlocks.decorators``). The result also offers ``async with limiter.slot():``.
+
+        Args:
+            name: The semaphore name (``coord.inspect(name, semaphore=True)`` shows it).
+            capacity: At most this many calls hold a slot at once, cluster-wide.
+            **options: ``max_waiting``, ``timeout``, ``lease_ttl`` and ``on_lost``, as for
+                :meth:`semaphore` (:class:`~agentlocks.SemaphoreOptions`; no ``wait``).
 
         Example:
             >>> import agentlocks, anyio
@@ -473,10 +477,7 @@ class Coordinator:
             >>> anyio.run(ingest, "abc")
             3
         """
-        return Backpressure(
-            self, name, capacity=capacity, max_waiting=max_waiting, timeout=timeout,
-            lease_ttl=lease_ttl, on_lost=on_lost,
-        )  # fmt: skip
+        return Backpressure(self, name, capacity, options)
 
     # -- retry_after estimate ---------------------------------------------------------------
 

@@ -31,7 +31,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
-from ._lease import Lease, OnLost
+from ._lease import Lease
+from ._options import (
+    BACKPRESSURE_OPTION_NAMES,
+    BackpressureOptions,
+    LockOptions,
+    build_request,
+    non_default,
+)
 from .errors import ConfigError, Unavailable
 
 if TYPE_CHECKING:
@@ -46,10 +53,6 @@ KeySpec = str | Callable[..., str]
 """A key template such as ``"user:{user_id}"``, or a callable taking the function's arguments."""
 
 _FORMATTER: Final = string.Formatter()
-_ACQUIRE_DEFAULTS: Final[dict[str, object]] = {
-    "shared": False, "timeout": None, "wait": True, "max_waiting": None,
-    "lease_ttl": None, "on_lost": "cancel",
-}  # fmt: skip
 _HOLD_SMOOTHING: Final = 0.2  # weight of the newest hold time in the moving average
 
 
@@ -214,26 +217,22 @@ class Serialized:
         5
     """
 
-    __slots__ = ("_coordinator", "_holds", "_key", "_options")
+    __slots__ = ("_coordinator", "_holds", "_key", "_options", "_request")
 
-    def __init__(self, coordinator: Coordinator, key: KeySpec, options: dict[str, Any]) -> None:
+    def __init__(self, coordinator: Coordinator, key: KeySpec, options: LockOptions) -> None:
         if isinstance(key, str):
             template_fields(key)
         elif not callable(key):
             raise TypeError(f"key must be a template str or a callable, got {key!r}")
-        coordinator.acquire("key", **options)  # validates the options; does no I/O
+        # Validated once, here; every call reuses the request (and does no I/O here).
+        self._request = coordinator._lock_request("serialized", options)
         self._coordinator = coordinator
         self._key = key
-        self._options = options
+        self._options = options  # as given, for the repr
         self._holds = _Holds()
 
     def __repr__(self) -> str:
-        options = "".join(
-            f", {name}={value!r}"
-            for name, value in self._options.items()
-            if value != _ACQUIRE_DEFAULTS[name]
-        )
-        return f"Serialized({self._key!r}{options})"
+        return f"Serialized({self._key!r}{non_default(self._options)})"
 
     def __call__(
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
@@ -241,14 +240,14 @@ class Serialized:
         """Wrap ``fn``; raises ``TypeError`` if it is not ``async def`` or lacks a field."""
         require_async(fn, "serialized")
         key_of = _key_function(self._key, fn)
-        coordinator, options, holds = self._coordinator, self._options, self._holds
-        max_waiting = options["max_waiting"]
+        lock_lease, request, holds = self._coordinator._lock_lease, self._request, self._holds
+        max_waiting = request.max_waiting
 
         @functools.wraps(fn)
         async def serialized_call(*args: P.args, **kwargs: P.kwargs) -> R:
-            # acquire() checks the key before any I/O, so a key that formats to something
-            # invalid raises InvalidKey before this call waits or queues.
-            lease = coordinator.acquire(key_of(args, kwargs), **options)
+            # The key is checked before any I/O (as acquire() does), so a key that formats
+            # to something invalid raises InvalidKey before this call waits or queues.
+            lease = lock_lease(key_of(args, kwargs), request)
             async with _measured(lease, holds, 1, max_waiting):
                 return await fn(*args, **kwargs)
 
@@ -261,7 +260,7 @@ class Serialized:
         The time for the holder and ``max_waiting`` queued calls of one key to finish, at
         the average hold time of this decorator's calls (measured in this process).
         """
-        return self._holds.drain_time(1, self._options["max_waiting"])
+        return self._holds.drain_time(1, self._request.max_waiting)
 
 
 class Backpressure:
@@ -283,50 +282,43 @@ class Backpressure:
         'HI'
     """
 
-    __slots__ = ("_coordinator", "_holds", "_request")
+    __slots__ = ("_coordinator", "_holds", "_request", "_resource")
 
     def __init__(
-        self,
-        coordinator: Coordinator,
-        name: str,
-        *,
-        capacity: int,
-        max_waiting: int | None,
-        timeout: float | None,
-        lease_ttl: float | None,
-        on_lost: OnLost,
+        self, coordinator: Coordinator, name: str, capacity: int, options: BackpressureOptions
     ) -> None:
-        template = coordinator.semaphore(
-            name, capacity, timeout=timeout, max_waiting=max_waiting,
-            lease_ttl=lease_ttl, on_lost=on_lost,
-        )  # fmt: skip
+        # semaphore() checks the name and the capacity; the options are checked here, once.
+        template = coordinator.semaphore(name, capacity)
         self._coordinator = coordinator
         # The validated request, reused for every call: a Lease is acquired once, so each
         # call wraps it in a fresh (cheap) pending Lease.
-        self._request = template._request
+        self._resource = template._resource
+        self._request = build_request(
+            "backpressure", capacity, options, coordinator.lease_ttl, BACKPRESSURE_OPTION_NAMES
+        )
         self._holds = _Holds()
 
     @property
     def name(self) -> str:
         """The semaphore name (what ``coord.inspect(name, semaphore=True)`` reports)."""
-        return self._request[1]
+        return self._resource[2:]
 
     @property
     def capacity(self) -> int:
         """At most this many calls hold a slot at once, cluster-wide."""
-        capacity = self._request[3]
+        capacity = self._request.capacity
         assert capacity is not None
         return capacity
 
     @property
     def max_waiting(self) -> int | None:
         """Requests beyond this many waiting are rejected with ``QueueFull`` (None: no bound)."""
-        return self._request[6]
+        return self._request.max_waiting
 
     @property
     def timeout(self) -> float | None:
         """Seconds a request may wait before ``AcquireTimeout`` (None: no bound)."""
-        return self._request[4]
+        return self._request.timeout
 
     @property
     def retry_after(self) -> float | None:
@@ -347,7 +339,7 @@ class Backpressure:
 
     def slot(self) -> AbstractAsyncContextManager[Lease]:
         """Hold one slot for the block; ``Unavailable`` (with ``retry_after``) if refused."""
-        lease = Lease(self._coordinator, self._request)
+        lease = Lease(self._coordinator, self._resource, self._request)
         return _measured(lease, self._holds, self.capacity, self.max_waiting)
 
     def __call__(

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
+from typing_extensions import Unpack
 
 try:
     from starlette.applications import Starlette
@@ -31,7 +32,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "agentlocks.fastapi needs FastAPI (or Starlette): pip install 'agentlocks[fastapi]'"
     ) from exc
 
-from ._lease import Lease, OnLost
+from ._lease import Lease
+from ._options import LockOptions
 from .coordinator import Coordinator
 from .decorators import Backpressure, _Holds, _measured, template_fields
 from .errors import AgentLocksError, BackendError, ThreadBusy, Unavailable
@@ -235,19 +237,14 @@ def serialized(
     coord: Coordinator,
     key: str | Callable[[Request], str],
     /,
-    *,
-    shared: bool = False,
-    timeout: float | None = None,
-    wait: bool = True,
-    max_waiting: int | None = None,
-    lease_ttl: float | None = None,
-    on_lost: OnLost = "cancel",
+    **options: Unpack[LockOptions],
 ) -> Callable[[Request], AsyncIterator[Lease]]:
     """A dependency that holds the lock ``key`` for the request; it yields the ``Lease``.
 
     ``key`` is a template formatted from the route's path parameters
     (``"user:{user_id}"`` for ``/users/{user_id}/...``) or a callable taking the
-    ``Request``. Options are those of ``coord.acquire``. With FastAPI's default dependency
+    ``Request``. ``options`` are those of ``coord.acquire`` (:class:`~agentlocks.LockOptions`),
+    checked here. With FastAPI's default dependency
     scope the lock is released after the response has been sent (a ``StreamingResponse``
     included); ``Depends(..., scope="function")`` releases it when the endpoint returns.
 
@@ -261,13 +258,13 @@ def serialized(
         ... async def ingest(user_id: str) -> dict[str, str]:
         ...     return {"user": user_id}
     """
-    options = _options(shared, timeout, wait, max_waiting, lease_ttl, on_lost)
-    coord.acquire("key", **options)  # validates the options now; does no I/O
+    lock_request = coord._lock_request("serialized", options)  # checked now; no I/O
+    lock_lease, max_waiting = coord._lock_lease, lock_request.max_waiting
     key_of = _request_key(key)
     holds = _Holds()  # this dependency's hold times, for retry_after (as the decorator's)
 
     async def hold_lock(request: Request) -> AsyncIterator[Lease]:
-        lease = coord.acquire(key_of(request), **options)
+        lease = lock_lease(key_of(request), lock_request)
         async with _measured(lease, holds, 1, max_waiting):
             yield lease
 
@@ -299,21 +296,6 @@ def backpressure(limiter: Backpressure, /) -> Callable[[], AsyncIterator[Lease]]
             yield lease
 
     return hold_slot
-
-
-def _options(
-    shared: bool,
-    timeout: float | None,
-    wait: bool,
-    max_waiting: int | None,
-    lease_ttl: float | None,
-    on_lost: OnLost,
-) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "shared": shared, "timeout": timeout, "wait": wait, "max_waiting": max_waiting,
-        "lease_ttl": lease_ttl, "on_lost": on_lost,
-    }  # fmt: skip
-    return options
 
 
 def _request_key(key: str | Callable[[Request], str]) -> Callable[[Request], Any]:

@@ -193,6 +193,8 @@ def test_dependency_factories_check_their_arguments() -> None:
         serialized(coord, "user:{")
     with pytest.raises(TypeError):
         serialized(coord, 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'capacity'"):
+        serialized(coord, "k", capacity=2)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         backpressure(coord.semaphore("s", 1))  # type: ignore[arg-type]
     with pytest.raises(TypeError):

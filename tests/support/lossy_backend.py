@@ -1,9 +1,10 @@
-"""A test backend: memory:// state, but behaving as a *remote* backend would.
+"""A test backend: memory:// state, but behaving as a server-backed backend would.
 
 ``LossyBackend`` keeps the memory backend's queueing, shares its state between every
-instance in one namespace (as coordinators sharing one server would), and declares
-``remote = True``, so the coordinator runs its remote-only machinery against it: lease
-renewal, tracking, shielded release, lost-lease cancellation. Tests then break leases on
+instance in one namespace (``shared_state = True``, as coordinators sharing one server
+would), and declares ``leases_expire = True`` and ``release_finishes = False``, so the
+coordinator runs its machinery for expiring leases against it: lease renewal, tracking,
+shielded release, lost-lease cancellation. Tests then break leases on
 purpose (``revoke``) or make the "server" unreachable (``fail_renewals``).
 
 It is registered as the ``lossy://`` scheme through the public ``register_backend``.
@@ -36,9 +37,11 @@ class _SharedState:
 
 
 class LossyBackend(MemoryBackend):
-    """Memory queueing behind the remote-backend contract, with failure switches."""
+    """Memory queueing behind the contract of a server-backed backend, with failure switches."""
 
-    remote: ClassVar[bool] = True
+    leases_expire: ClassVar[bool] = True
+    shared_state: ClassVar[bool] = True
+    release_finishes: ClassVar[bool] = False  # released under finish(), as a server's would be
     _shared: ClassVar[dict[str, _SharedState]] = {}
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
@@ -54,15 +57,15 @@ class LossyBackend(MemoryBackend):
         self.fail_renewals = False
         self.hang_renewals = False  # renew() never answers: a silent partition
         self.fail_releases = False
-        self._granted: set[Grant] = set()  # what aclose() ends, as a server would
+        self._granted: set[Grant[None]] = set()  # what aclose() ends, as a server would
 
-    def revoke(self, grant: Grant, *, notify: bool = False) -> None:
+    def revoke(self, grant: Grant[None], *, notify: bool = False) -> None:
         """Make ``grant`` vanish as a server-side expiry would; optionally push the news."""
         self.release_nowait(grant)
         if notify:
             self.on_lost(grant)
 
-    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+    async def renew(self, grants: Sequence[Grant[None]]) -> Sequence[Grant[None]]:
         self.renew_calls += 1
         if self.fail_renewals:
             raise BackendError("lossy:// is unreachable (fail_renewals)")
@@ -70,19 +73,19 @@ class LossyBackend(MemoryBackend):
             await asyncio.Event().wait()  # no answer, no error: only a deadline ends this
         return await super().renew(grants)
 
-    async def acquire(self, resource: str, **request: Any) -> Grant:
+    async def acquire(self, resource: str, **request: Any) -> Grant[None]:
         grant = await super().acquire(resource, **request)
         self._granted.add(grant)
         return grant
 
-    async def release(self, grant: Grant) -> bool:
+    async def release(self, grant: Grant[None]) -> bool:
         if self.fail_releases:
             raise BackendError("lossy:// is unreachable (fail_releases)")
         self._granted.discard(grant)
         return await super().release(grant)
 
     async def aclose(self) -> None:
-        # A remote backend ends its grants on the server when it closes: the shared state
+        # A server-backed backend ends its grants on the server when it closes: the shared state
         # is the "server" here, so other coordinators' waiters are handed the keys.
         await super().aclose()
         for grant in list(self._granted):

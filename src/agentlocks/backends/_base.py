@@ -21,7 +21,8 @@ Semantics every method must keep (the guarantees of API.md, from the backend's s
   exclusive holder; a semaphore request (``capacity`` set) needs fewer than ``capacity``
   holders. Adjacent grantable requests at the head are granted together.
 * ``acquire`` is cancellation-safe at every await: if the calling task is cancelled (the
-  coordinator implements ``timeout`` this way), the request leaves the queue, and a grant
+  coordinator implements ``timeout`` this way, so backends never see it), the request
+  leaves the queue, and a grant
   that raced the cancellation is released (handed on to the next waiter) before the
   cancellation propagates. Nothing is left held or queued.
 * ``wait=False``: grant at once or raise ``Busy``. ``max_waiting``: if the request would have
@@ -49,7 +50,18 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    overload,
+    runtime_checkable,
+)
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from agentlocks._tasks import TaskSupervisor
@@ -68,24 +80,55 @@ __all__ = [
     "SignalCallback",
 ]
 
+H_co = TypeVar("H_co", covariant=True, default=object)
+"""The type of a grant's handle. Code that does not know the backend sees ``object``."""
 
-class Grant:
-    """One granted request, as the backend issued it.
+H = TypeVar("H", default=Any)
+"""The handle type of a backend's grants. A bare ``Backend`` is a backend of any handle."""
+
+
+class Grant(Generic[H_co]):
+    """One granted request, as the backend issued it: ``Grant[H]`` carries a handle of type H.
 
     Identity is the grant: two grants are never equal, even with equal fields. (A plain
     slotted class rather than a dataclass: one is built on every acquire, and the
-    hand-written constructor is measurably cheaper.)
+    hand-written constructor is measurably cheaper.) A backend types its grants with its
+    own handle (``Grant[RedisHandle]``) and reads ``grant.handle`` without a cast; the
+    handle is set once, by the constructor.
 
     Attributes:
         resource: The resource string the grant is on (``"l:<key>"`` and so on).
         token: The fencing token.
         shared: False for an exclusive lock; True for shared locks and semaphore slots.
-        lease_ttl: Seconds the lease lives without renewal (remote backends).
+        lease_ttl: Seconds the lease lives without renewal (where leases expire).
         acquired_at: ``time.monotonic()`` when the grant was made, for ``inspect``.
-        handle: Backend-private data (an owner id, a connection, ...).
+        handle: Backend-private data (an owner id, a connection, ...); None if not given.
     """
 
     __slots__ = ("acquired_at", "handle", "lease_ttl", "resource", "shared", "token")
+
+    handle: H_co  # (declared here: the constructor's implementation takes Any)
+
+    @overload
+    def __init__(
+        self: Grant[None],
+        resource: str,
+        token: int,
+        shared: bool,
+        lease_ttl: float,
+        acquired_at: float,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        resource: str,
+        token: int,
+        shared: bool,
+        lease_ttl: float,
+        acquired_at: float,
+        handle: H_co,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -94,7 +137,7 @@ class Grant:
         shared: bool,
         lease_ttl: float,
         acquired_at: float,
-        handle: object = None,
+        handle: Any = None,
     ) -> None:
         self.resource = resource
         self.token = token
@@ -155,7 +198,7 @@ class HeadSwap:
     age: float | None = field(default=None, compare=False)
 
 
-LostCallback = Callable[[Grant], None]
+LostCallback = Callable[[Grant[object]], None]
 """Called by a backend, on the event loop, when it learns on its own that a grant is gone."""
 
 SignalCallback = Callable[[str, int], None]
@@ -175,8 +218,12 @@ def deliver_safely(deliver: SignalCallback, kind: str, mark: int) -> None:
 
 
 @runtime_checkable
-class Backend(Protocol):
+class Backend(Protocol[H]):
     """What a backend implements. Constructed as ``cls(settings, on_lost, tasks)``, no I/O.
+
+    ``Backend[H]`` issues ``Grant[H]``: a backend names its handle type in its signatures
+    (``async def release(self, grant: Grant[MyHandle]) -> bool``), and gets only its own
+    grants back.
 
     ``tasks`` is the coordinator's :class:`~agentlocks._tasks.TaskSupervisor`: every
     background task of the backend is started with ``tasks.spawn(...)`` (never a bare
@@ -185,22 +232,32 @@ class Backend(Protocol):
     :func:`agentlocks._tasks.finish`.
 
     Class attributes:
-        remote: True when the backend talks to a server. The coordinator then renews leases
-            in the background (one task per coordinator, calling ``renew`` in batches),
-            tracks grants so a loss can cancel its holder, and shields ``release`` from
-            cancellation. An in-process backend (False) promises that ``release`` never
-            suspends and that grants are never lost.
+        leases_expire: True when a grant ends by itself ``lease_ttl`` seconds after its
+            last renewal (a server-side lease: Redis, PostgreSQL). The coordinator then
+            renews grants in the background (one task per coordinator, calling ``renew``
+            in batches), tracks them so that a lost one cancels its holder, and reports a
+            ``release`` that answers False as a lost lease. False promises that a grant is
+            never lost while held (``memory://``): none of that machinery runs, and the
+            :class:`FastPath`, if the backend offers it, is used.
+        shared_state: True when coordinators on the same URL and namespace share one state
+            (a server): they exclude each other, their tokens grow together, a signal or
+            registry generation sent through one reaches the others, and ``keys()`` lists
+            every coordinator's resources. False when each coordinator's backend instance
+            keeps its own (``memory://``). The coordinator does not read it; the
+            conformance suite and ``agentlocks inspect`` do.
         option_names: Backend-specific options accepted in the URL query or as keywords.
         release_finishes: Optional, default False. True promises that ``release`` runs to
             its end on the server even if its caller is cancelled, repeatedly (it waits on
-            its own ``finish`` or on futures that refuse ``cancel()``): the coordinator then
-            awaits it directly instead of through :func:`~agentlocks._tasks.finish`.
+            its own ``finish``, on futures that refuse ``cancel()``, or never suspends):
+            the coordinator then awaits it directly instead of through
+            :func:`~agentlocks._tasks.finish`, which costs a task and three loop wake-ups.
 
     Additional methods: :class:`HeadStore` (``swap_head``, ``drop_heads``), which every
     built-in backend implements and ``guard_checkpointer`` requires.
     """
 
-    remote: ClassVar[bool]
+    leases_expire: ClassVar[bool]
+    shared_state: ClassVar[bool]
     option_names: ClassVar[frozenset[str]]
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
@@ -216,17 +273,15 @@ class Backend(Protocol):
         wait: bool,
         max_waiting: int | None,
         lease_ttl: float,
-        timeout: float | None,
-    ) -> Grant:
+    ) -> Grant[H]:
         """Wait in FIFO order until the request is granted; return the grant.
 
-        ``timeout`` is informational (the coordinator enforces it by cancellation); a remote
-        backend uses it to give the queued request a server-side deadline so a dead waiter
-        cannot stall the queue.
+        There is no ``timeout``: the coordinator enforces one by cancelling this call,
+        which must leave nothing held or queued (see the module docstring).
         """
         ...
 
-    async def release(self, grant: Grant) -> bool:
+    async def release(self, grant: Grant[H]) -> bool:
         """End ``grant`` (idempotent) and hand the resource to the next waiters.
 
         Returns True if the server still had the grant, False if it was already gone
@@ -235,11 +290,11 @@ class Backend(Protocol):
         """
         ...
 
-    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+    async def renew(self, grants: Sequence[Grant[H]]) -> Sequence[Grant[H]]:
         """Extend each grant by its ``lease_ttl``; return the grants found gone (lost)."""
         ...
 
-    async def verify(self, grant: Grant) -> bool:
+    async def verify(self, grant: Grant[H]) -> bool:
         """One round trip: True while ``grant`` is still held."""
         ...
 
@@ -251,7 +306,7 @@ class Backend(Protocol):
         """Return the published generation of registry ``name`` (0 if never published)."""
         ...
 
-    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
+    async def publish_generation(self, name: str, generation: int, grant: Grant[H]) -> bool:
         """Publish ``generation`` for registry ``name``, fenced by the writer's ``grant``.
 
         ``grant`` is the writer's exclusive grant on the registry's lock (the resource
@@ -340,21 +395,23 @@ class HeadStore(Protocol):
 
 
 @runtime_checkable
-class FastPath(Protocol):
-    """Optional synchronous fast path of an in-process backend (``remote = False``).
+class FastPath(Protocol[H]):
+    """Optional synchronous fast path of a backend whose leases do not expire.
 
-    When a backend offers both methods, the coordinator tries ``try_acquire`` before
-    creating any coroutine, and releases with ``release_nowait``. Semantics are exactly
-    those of ``acquire(wait=False)`` (minus the ``Busy``) and ``release``.
+    When a backend with ``leases_expire = False`` offers both methods, the coordinator
+    tries ``try_acquire`` before creating any coroutine, and releases with
+    ``release_nowait``. (Where leases expire it is never used: its grants would bypass
+    renewal.) Semantics are exactly those of ``acquire(wait=False)`` (minus the ``Busy``)
+    and ``release``.
     """
 
     def try_acquire(
         self, resource: str, shared: bool, capacity: int | None, lease_ttl: float
-    ) -> Grant | None:
+    ) -> Grant[H] | None:
         """Grant now if FIFO and compatibility allow it, else return None; never suspends."""
         ...
 
-    def release_nowait(self, grant: Grant) -> None:
+    def release_nowait(self, grant: Grant[H]) -> None:
         """``release`` without suspending."""
         ...
 

@@ -33,6 +33,7 @@ from ._signals import LocalSignals
 __all__ = ["MemoryBackend"]
 
 _monotonic = time.monotonic  # bound once: called on every grant
+_new_grant = object.__new__
 
 
 class _Waiter:
@@ -49,7 +50,7 @@ class _Waiter:
         # A bare future, not an Event: it is made for every wait, and an anyio.Event costs
         # ten times as much to create (measured in benchmarks/locks.py's hand-off scenario).
         self.woken = woken
-        self.grant: Grant | None = None
+        self.grant: Grant[None] | None = None
 
 
 class _Entry:
@@ -57,8 +58,8 @@ class _Entry:
 
     __slots__ = ("exclusive", "holders", "queue")
 
-    def __init__(self, holder: Grant) -> None:
-        self.holders: set[Grant] = {holder}
+    def __init__(self, holder: Grant[None]) -> None:
+        self.holders: set[Grant[None]] = {holder}
         self.exclusive = not holder.shared  # True while the single holder is exclusive
         self.queue: deque[_Waiter] = deque()
 
@@ -81,12 +82,14 @@ class MemoryBackend:
     key and stay monotonic per key even though idle keys keep no state.
     """
 
-    remote: ClassVar[bool] = False
+    leases_expire: ClassVar[bool] = False  # grants end only by release (or aclose)
+    shared_state: ClassVar[bool] = False  # each coordinator's instance has its own state
+    release_finishes: ClassVar[bool] = True  # release never suspends
     option_names: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: Settings, on_lost: LostCallback, tasks: TaskSupervisor) -> None:
         self._settings = settings
-        self._entries: dict[str, Grant | _Entry] = {}
+        self._entries: dict[str, Grant[None] | _Entry] = {}
         # This backend's queued requests, so aclose() can fail them (slow path only).
         self._waiting: dict[_Waiter, str] = {}
         self._generations: dict[str, int] = {}
@@ -103,7 +106,7 @@ class MemoryBackend:
 
     def try_acquire(
         self, resource: str, shared: bool, capacity: int | None, lease_ttl: float
-    ) -> Grant | None:
+    ) -> Grant[None] | None:
         """Grant at once if the resource is free for this request, without suspending.
 
         The optional fast path of in-process backends: the coordinator calls it first, so
@@ -112,7 +115,15 @@ class MemoryBackend:
         """
         entry = self._entries.get(resource)
         if entry is None:
-            grant = Grant(resource, next(self._tokens), shared, lease_ttl, _monotonic())
+            # Grant.__init__ inlined (the uncontended case): the constructor call was ~7% of
+            # an uncontended acquire+release (callgrind). Keep in step with Grant.__init__.
+            grant: Grant[None] = _new_grant(Grant)
+            grant.resource = resource
+            grant.token = next(self._tokens)
+            grant.shared = shared
+            grant.lease_ttl = lease_ttl
+            grant.acquired_at = _monotonic()
+            grant.handle = None
             self._entries[resource] = grant
             return grant
         if isinstance(entry, Grant):
@@ -132,8 +143,7 @@ class MemoryBackend:
         wait: bool,
         max_waiting: int | None,
         lease_ttl: float,
-        timeout: float | None,
-    ) -> Grant:
+    ) -> Grant[None]:
         grant = self.try_acquire(resource, shared, capacity, lease_ttl)
         if grant is not None:
             return grant
@@ -174,7 +184,7 @@ class MemoryBackend:
         assert waiter.grant is not None  # set by _hand_off before resolving the future
         return waiter.grant
 
-    def _grant(self, entry: _Entry, resource: str, shared: bool, lease_ttl: float) -> Grant:
+    def _grant(self, entry: _Entry, resource: str, shared: bool, lease_ttl: float) -> Grant[None]:
         grant = Grant(resource, next(self._tokens), shared, lease_ttl, _monotonic())
         entry.holders.add(grant)
         entry.exclusive = not shared
@@ -195,7 +205,7 @@ class MemoryBackend:
         if not entry.holders and not queue:
             del self._entries[resource]
 
-    def release_nowait(self, grant: Grant) -> None:
+    def release_nowait(self, grant: Grant[None]) -> None:
         """Synchronous ``release``: the optional fast path of in-process backends."""
         resource = grant.resource
         entry = self._entries.get(resource)
@@ -209,20 +219,20 @@ class MemoryBackend:
             entry.exclusive = False
         self._hand_off(resource, entry)
 
-    async def release(self, grant: Grant) -> bool:
-        # Never suspends (``remote = False`` promises it): the coordinator relies on this to
-        # release without a shield.
+    async def release(self, grant: Grant[None]) -> bool:
+        # Never suspends (``release_finishes = True`` promises it): the coordinator relies on
+        # this to release without a shield.
         held = self._held(grant)
         self.release_nowait(grant)
         return held
 
-    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
+    async def renew(self, grants: Sequence[Grant[None]]) -> Sequence[Grant[None]]:
         return [g for g in grants if not self._held(g)]
 
-    async def verify(self, grant: Grant) -> bool:
+    async def verify(self, grant: Grant[None]) -> bool:
         return self._held(grant)
 
-    def _held(self, grant: Grant) -> bool:
+    def _held(self, grant: Grant[None]) -> bool:
         entry = self._entries.get(grant.resource)
         return entry is grant or (isinstance(entry, _Entry) and grant in entry.holders)
 
@@ -247,7 +257,7 @@ class MemoryBackend:
     async def read_generation(self, name: str) -> int:
         return self._generations.get(name, 0)
 
-    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
+    async def publish_generation(self, name: str, generation: int, grant: Grant[None]) -> bool:
         # Fenced: no await between the check and the write, so it is one atomic step.
         if not self._held(grant):
             return False

@@ -94,7 +94,7 @@ class ClosingGuarantees(SuiteHarness):
     async def test_aclose_leaves_other_coordinators_waiters_alone(self, connect: Connect) -> None:
         """Closing one coordinator frees its grants for the waiters of another one."""
         first = await connect()
-        if not first.backend.remote:
+        if not first.backend.shared_state:
             pytest.skip("in-process coordinators do not share state")
         second = await connect()
         await first.acquire("k")

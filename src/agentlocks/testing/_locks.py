@@ -60,9 +60,9 @@ class LockGuarantees(SuiteHarness):
 
     @conformance
     async def test_exclusion_holds_across_coordinators(self, connect: Connect) -> None:
-        """Two coordinators on one URL and namespace exclude each other (remote backends)."""
+        """Two coordinators on one URL and namespace exclude each other (shared state)."""
         first, second = await connect(), await connect()
-        if not first.backend.remote:
+        if not first.backend.shared_state:
             pytest.skip("in-process coordinators do not share state")
         async with first.acquire("shared-key"):
             with pytest.raises(agentlocks.Busy):
@@ -125,9 +125,9 @@ class LockGuarantees(SuiteHarness):
 
     @conformance
     async def test_tokens_grow_across_coordinators(self, connect: Connect) -> None:
-        """A new coordinator's grants get tokens above every earlier one (remote backends)."""
+        """A new coordinator's grants get tokens above every earlier one (shared state)."""
         first = await connect()
-        if not first.backend.remote:
+        if not first.backend.shared_state:
             pytest.skip("tokens are per coordinator in-process")
         async with first.acquire("fenced-x") as lease:
             before = lease.token
@@ -140,8 +140,8 @@ class LockGuarantees(SuiteHarness):
     @conformance
     async def test_lease_outlives_its_ttl_while_renewed(self, coord: Coordinator) -> None:
         """A lease held for three TTLs is renewed in the background and still verifies."""
-        if not coord.backend.remote:
-            pytest.skip("in-process leases never expire")
+        if not coord.backend.leases_expire:
+            pytest.skip("this backend's leases never expire")
         async with coord.acquire("renewed", lease_ttl=1.0) as lease:
             await asyncio.sleep(3.0)
             await lease.verify()

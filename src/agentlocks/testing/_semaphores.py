@@ -148,9 +148,9 @@ class SemaphoreGuarantees(SuiteHarness):
     async def test_registry_generation_is_seen_by_other_coordinators(
         self, connect: Connect
     ) -> None:
-        """A write published through one coordinator is visible to another (remote backends)."""
+        """A write published through one coordinator is visible to another (shared state)."""
         first, second = await connect(), await connect()
-        if not first.backend.remote:
+        if not first.backend.shared_state:
             pytest.skip("in-process coordinators do not share state")
         async with first.registry("prompts").write():
             pass

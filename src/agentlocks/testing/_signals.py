@@ -49,7 +49,7 @@ class SignalGuarantees(SuiteHarness):
     async def test_signal_is_pushed_to_a_running_watch(self, connect: Connect) -> None:
         """A signal sent while a watch runs reaches it (from another coordinator if shared)."""
         watcher = await connect()
-        sender = await connect() if watcher.backend.remote else watcher
+        sender = await connect() if watcher.backend.shared_state else watcher
         inbox = _Inbox()
         async with watcher.backend.watch_signals("l:sig:push", inbox.deliver):
             assert inbox.got == []

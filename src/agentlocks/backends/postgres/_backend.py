@@ -63,7 +63,8 @@ def _held_here(grant: Grant) -> Grant:
 class PostgresBackend:
     """Locks and semaphores on PostgreSQL advisory locks (``docs/backends.md``, "PostgreSQL")."""
 
-    remote: ClassVar[bool] = True
+    leases_expire: ClassVar[bool] = True
+    shared_state: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
     # release() never lets its caller's cancellation cut it short: fast-path releases wait
     # on an Outcome (postgres/_batch.py), the others run under finish (_grants.Grants.release).
@@ -146,7 +147,6 @@ class PostgresBackend:
         wait: bool,
         max_waiting: int | None,
         lease_ttl: float,
-        timeout: float | None,
     ) -> Grant:
         if self._closed:
             raise AgentLocksError("the PostgreSQL backend is closed")

@@ -197,7 +197,7 @@ class Grants:
         if pairs and session.dead:  # its locks went with the connection
             raise BackendError(f"the connection holding {describe(resource)!r} was lost")
         now = time.monotonic()
-        grants = []
+        grants: list[Grant] = []
         owners = [request, *state.batch]  # grant i goes to owners[i] (see KeyState.hand_out)
         for i, (key, slot, token) in enumerate(pairs):
             ttl = owners[i].lease_ttl if i < len(owners) else lease_ttl

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import Settings
@@ -115,7 +115,8 @@ class RedisHandle:
 class RedisBackend:
     """Locks and semaphores on one Redis server; see the module docstring for the design."""
 
-    remote: ClassVar[bool] = True
+    leases_expire: ClassVar[bool] = True
+    shared_state: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = OPTION_NAMES
     # release() reaches the server even if its caller is cancelled, repeatedly: a cancelled
     # attempt is sent again under finish() (see release), so the coordinator awaits it
@@ -130,7 +131,7 @@ class RedisBackend:
         self._id = secrets.token_hex(8)  # this backend's coordinator id
         self._link = Link(settings, client_name=f"agentlocks:{self._id}", tasks=tasks)
         self._ids = itertools.count(1)
-        self._held: dict[str, Grant] = {}  # request id -> grant, released by aclose()
+        self._held: dict[str, Grant[RedisHandle]] = {}  # request id -> grant, released by aclose()
         self._turns = Turns()
         shards = self._link.deployment.kind == "cluster"
         self._room = WaitRoom(
@@ -161,8 +162,7 @@ class RedisBackend:
         wait: bool,
         max_waiting: int | None,
         lease_ttl: float,
-        timeout: float | None,
-    ) -> Grant:
+    ) -> Grant[RedisHandle]:
         keys = lock_keys(self._namespace, resource)
         named_keys, record = acquire_keys(self._namespace, resource)
         request_id = f"{self._id}:{next(self._ids)}"
@@ -286,8 +286,8 @@ class RedisBackend:
         except BackendError as exc:
             logger.warning("could not withdraw a request; it expires by itself: %s", exc)
 
-    async def release(self, grant: Grant) -> bool:
-        handle = _handle(grant)
+    async def release(self, grant: Grant[RedisHandle]) -> bool:
+        handle = grant.handle
         self._held.pop(handle.request_id, None)
         # release.lua answers 0 when the grant was no longer there (expired, or the key
         # was given to someone else): that lease was lost, not released (guarantee 6).
@@ -322,8 +322,8 @@ class RedisBackend:
         except BackendError as exc:  # the caller is being cancelled: nobody to raise it to
             logger.warning("could not release a lock; it expires by itself: %s", exc)
 
-    async def renew(self, grants: Sequence[Grant]) -> Sequence[Grant]:
-        calls = [(_handle(g).keys, (_handle(g).member, _ms(g.lease_ttl))) for g in grants]
+    async def renew(self, grants: Sequence[Grant[RedisHandle]]) -> Sequence[Grant[RedisHandle]]:
+        calls = [(g.handle.keys, (g.handle.member, _ms(g.lease_ttl))) for g in grants]
         # Urgent: ahead of every call waiting for a connection, so that a busy pool cannot
         # make a lease miss its renewal. The coordinator bounds the call by the lease's
         # deadline and may cancel it mid-flight: the connection is then closed (redis-py
@@ -337,8 +337,8 @@ class RedisBackend:
                 gone.append(grant)
         return gone
 
-    async def verify(self, grant: Grant) -> bool:
-        handle = _handle(grant)
+    async def verify(self, grant: Grant[RedisHandle]) -> bool:
+        handle = grant.handle
         return bool(await self._link.run(VERIFY, handle.keys, handle.member))
 
     async def inspect(self, resource: str) -> tuple[tuple[HolderInfo, ...], int]:
@@ -362,8 +362,10 @@ class RedisBackend:
         key = generation_key(self._namespace, name)
         return int(await self._link.run(GENERATION, (key,)))
 
-    async def publish_generation(self, name: str, generation: int, grant: Grant) -> bool:
-        handle = _handle(grant)
+    async def publish_generation(
+        self, name: str, generation: int, grant: Grant[RedisHandle]
+    ) -> bool:
+        handle = grant.handle
         keys = (handle.keys[0], generation_key(self._namespace, name))
         # Fenced: generation.lua writes only if the writer's grant is still held, in the
         # same atomic step (a writer whose lease was lost publishes nothing).
@@ -404,7 +406,7 @@ class RedisBackend:
         await self._signals.aclose()
         held, self._held = list(self._held.values()), {}
         ends: list[Call] = [(w.keys, (w.request_id, w.request)) for w in waiters]
-        ends += [(_handle(g).keys, (_handle(g).member,)) for g in held]
+        ends += [(g.handle.keys, (g.handle.member,)) for g in held]
         if ends and self._link.used:
             try:
                 await self._link.batch(RELEASE, ends)
@@ -427,10 +429,6 @@ class RedisBackend:
 
     async def _refresh(self, waiters: Sequence[Waiter]) -> list[Any]:
         return await self._link.batch(REFRESH, [(w.keys, (w.request,)) for w in waiters])
-
-
-def _handle(grant: Grant) -> RedisHandle:
-    return cast("RedisHandle", grant.handle)
 
 
 def _ms(seconds: float) -> int:
