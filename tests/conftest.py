@@ -29,6 +29,8 @@ from tests.support.coordinators import Connect, coordinators
 from tests.support.deployments import ClusterDeployment, DeploymentError, SentinelDeployment
 from tests.support.servers import unavailable
 
+__all__ = ["BACKENDS", "DEPLOYMENTS", "backend_url_for", "unavailable"]
+
 #: Backend name -> environment variable holding its URL (set by scripts/test), or a URL.
 BACKENDS: dict[str, str] = {
     "memory": "memory://",
@@ -41,9 +43,6 @@ DEPLOYMENTS: dict[str, str] = {
     "redis+cluster": "redis_cluster_url",
     "redis+sentinel": "redis_sentinel_url",
 }
-
-
-__all__ = ["BACKENDS", "DEPLOYMENTS", "backend_url_for", "unavailable"]
 
 
 def backend_url_for(name: str, request: pytest.FixtureRequest | None = None) -> str:
