@@ -1,4 +1,11 @@
-"""Shared test configuration: the backend URL table that the test rig fills in.
+"""Shared test configuration: the backend URL table that the test rig fills in, and the
+fixtures every directory uses (``backend_url``, ``namespace``, ``coord``, ``connect``).
+
+A directory narrows ``backend_url`` to its own server (tests/redis, tests/postgres) and may
+add options every coordinator of its tests gets (``connect_defaults``). The helpers behind
+the fixtures live in ``tests/support/``: ``servers.py`` (the skip-locally/fail-on-CI gate,
+free ports, a silent server), ``waiting.py`` (poll until N requests wait) and
+``coordinators.py`` (the ``connect`` factory).
 
 Besides the rig's single servers, two Redis deployments are started once per session, on
 first use, from the same redis-server binary (``tests/support/deployments.py``): a
@@ -9,11 +16,20 @@ deployment that cannot start skips its tests locally and fails them with ``CI=tr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
+import agentlocks
+from agentlocks import Coordinator
+from tests.support.coordinators import Connect, coordinators
 from tests.support.deployments import ClusterDeployment, DeploymentError, SentinelDeployment
+from tests.support.servers import unavailable
+
+__all__ = ["BACKENDS", "DEPLOYMENTS", "backend_url_for", "unavailable"]
 
 #: Backend name -> environment variable holding its URL (set by scripts/test), or a URL.
 BACKENDS: dict[str, str] = {
@@ -29,13 +45,6 @@ DEPLOYMENTS: dict[str, str] = {
 }
 
 
-def unavailable(message: str) -> None:
-    """Skip the test (or, with CI=true, fail it): something it needs is not up."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def backend_url_for(name: str, request: pytest.FixtureRequest | None = None) -> str:
     """Return the URL to test ``name`` on; skip (or, with CI=true, fail) if it is not up.
 
@@ -48,10 +57,41 @@ def backend_url_for(name: str, request: pytest.FixtureRequest | None = None) -> 
     if "://" in spec:
         return spec
     url = os.environ.get(spec)
-    if url:
-        return url
-    unavailable(f"{name}: ${spec} is not set (run the suite through scripts/test)")
-    raise AssertionError("unreachable")
+    if not url:
+        unavailable(f"{name}: ${spec} is not set (run the suite through scripts/test)")
+    return url
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """The URL of one backend from the table (skipped if its server is not up)."""
+    return backend_url_for(request.param)
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test uses, so no test needs a flushed server."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def connect_defaults(namespace: str) -> dict[str, Any]:
+    """Options every coordinator of ``connect`` gets unless the call overrides them."""
+    return {"namespace": namespace}
+
+
+@pytest_asyncio.fixture
+async def connect(backend_url: str, connect_defaults: dict[str, Any]) -> AsyncIterator[Connect]:
+    """Make coordinators (on ``backend_url`` unless given a URL); close them all after."""
+    async with coordinators(backend_url, **connect_defaults) as make:
+        yield make
+
+
+@pytest_asyncio.fixture
+async def coord(backend_url: str, namespace: str) -> AsyncIterator[Coordinator]:
+    """A coordinator on the backend under test, in the test's own namespace."""
+    async with agentlocks.connect(backend_url, namespace=namespace) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +101,6 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterD
         deployment = ClusterDeployment(tmp_path_factory.mktemp("cluster")).start()
     except DeploymentError as exc:
         unavailable(f"redis+cluster: {exc}")
-        raise
     yield deployment
     deployment.stop()
 
@@ -81,7 +120,6 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
         deployment = sentinels.start()
     except DeploymentError as exc:
         unavailable(f"redis+sentinel: {exc}")
-        raise
     yield deployment
     deployment.stop()
 

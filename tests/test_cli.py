@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ import pytest
 import agentlocks
 from agentlocks._survey import survey
 from tests.conftest import backend_url_for
+from tests.support.servers import free_port
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,12 +34,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def _acli(*args: str) -> subprocess.CompletedProcess[str]:
     # Off the event loop: the test's own coordinator must keep renewing while the CLI runs.
     return await asyncio.to_thread(_cli, *args)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _with_namespace(url: str, namespace: str) -> str:
@@ -74,7 +68,7 @@ def test_bad_url_exits_1_with_one_line() -> None:
 
 def test_unreachable_server_is_one_line_without_the_password() -> None:
     """inspect and bench on an unreachable server exit 1 with one line hiding the password."""
-    port = _closed_port()
+    port = free_port()
     urls = (f"redis://u:hunter2@127.0.0.1:{port}/0", f"postgresql://u:hunter2@127.0.0.1:{port}/d")
     for command, url in itertools.product(("inspect", "bench"), urls):
         out = _cli(command, url, "--quick") if command == "bench" else _cli(command, url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import backend_url_for
+from tests.support.servers import require_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -39,9 +39,7 @@ def test_registry_reload_has_no_torn_read_and_every_replica_reloads(backend: str
 @pytest.mark.redis
 def test_two_replicas_on_redis_keep_every_note_with_one_command() -> None:
     """two_replicas.py starts Redis and two replicas; guarded, no note is lost, cap held."""
-    binary = os.environ.get("AGENTLOCKS_TEST_REDIS_SERVER")
-    if not binary:
-        pytest.skip("AGENTLOCKS_TEST_REDIS_SERVER is not set (run through scripts/test)")
+    binary = require_env("AGENTLOCKS_TEST_REDIS_SERVER")
     out = _run("two_replicas.py", "--redis-server", binary, timeout=55)
     assert out.returncode == 0, out.stdout + out.stderr
     guarded = next(line for line in out.stdout.splitlines() if line.startswith("guarded"))

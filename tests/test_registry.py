@@ -1,18 +1,18 @@
-"""``coord.registry(name)``: readers share, writers exclude, the generation only grows."""
+"""``coord.registry(name)``: readers share, writers exclude, the generation only grows.
+
+``backend_url`` (one backend per param), ``namespace`` and ``coord`` are tests/conftest.py's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 import agentlocks
 from agentlocks import AcquireTimeout, Coordinator, Registry
-from tests.conftest import BACKENDS, backend_url_for
+from tests.support.waiting import until_waiting
 
 #: Bound for "it did not hang": far above any expected time, far below the test timeout.
 NO_HANG = 20.0
@@ -37,25 +37,6 @@ anyio.run(main)
 """
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """The URL of one backend from the table (skipped if its server is not up)."""
-    return backend_url_for(request.param)
-
-
-@pytest.fixture
-def namespace() -> str:
-    """A namespace no other test uses."""
-    return f"registry-{uuid.uuid4().hex[:12]}"
-
-
-@pytest_asyncio.fixture
-async def coord(backend_url: str, namespace: str) -> AsyncIterator[Coordinator]:
-    """A coordinator on the backend under test, in the test's own namespace."""
-    async with agentlocks.connect(backend_url, namespace=namespace) as c:
-        yield c
-
-
 @pytest.fixture
 def tools(coord: Coordinator) -> Registry:
     """The registry under test."""
@@ -69,9 +50,7 @@ async def waiting(coord: Coordinator, registry: Registry) -> int:
 
 async def settle(coord: Coordinator, registry: Registry, count: int) -> None:
     """Wait until ``count`` requests wait on the registry (bounded by NO_HANG)."""
-    async with asyncio.timeout(NO_HANG):
-        while await waiting(coord, registry) != count:
-            await asyncio.sleep(0.002)
+    await until_waiting(coord, registry.name, count, timeout=NO_HANG)
 
 
 def require_shared_state(coord: Coordinator) -> None:

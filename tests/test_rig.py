@@ -5,24 +5,20 @@ Stdlib sockets only, so a failure here means "rig broken", never "driver broken"
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.servers import require_env
+
 _SSL_REQUEST_CODE = 80877103  # PostgreSQL protocol: SSLRequest magic number
 
 
 def _server_address(env_var: str) -> tuple[str, int]:
     """Return (host, port) from the URL in ``env_var``; fail on CI, skip elsewhere, if unset."""
-    url = os.environ.get(env_var)
-    if not url:
-        message = f"{env_var} is not set (run the suite through scripts/test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    url = require_env(env_var)
     parts = urlsplit(url)
     assert parts.hostname is not None, url
     assert parts.port is not None, url

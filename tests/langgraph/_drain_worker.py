@@ -21,7 +21,8 @@ from langgraph.errors import GraphDrained
 import agentlocks
 from agentlocks.langgraph import guard_graph
 from agentlocks.langgraph._drain import DrainSignals
-from tests.langgraph._drain_graphs import agent, interrupting_run, user
+from tests.langgraph._graphs import agent, user
+from tests.langgraph._interrupting import interrupting_run
 
 
 async def main(argv: list[str]) -> None:

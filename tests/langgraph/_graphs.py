@@ -1,31 +1,30 @@
-"""Shared LangGraph fixtures: the graphs and the scripted chat model the tests run.
+"""Shared LangGraph helpers: the graphs the tests run and the savers they run them on.
 
 * :func:`chat_graph`: appends the user's message and one reply (the issue's plain graph).
-* :func:`agent_graph`: a real tool-calling agent, ``StateGraph`` + ``ToolNode``, driven by
-  :class:`ScriptedChatModel` (no network), which first calls the ``lookup`` tool, then
-  answers. Its model node refuses a history with an unanswered tool call exactly as
-  LangGraph's prebuilt agent does (``INVALID_CHAT_HISTORY``), the way providers answer 400.
-* :func:`savers`: the three LangGraph savers the issue names, by name.
+* :func:`agent`: the demo's real tool-calling agent (``agentlocks._demo._agent``),
+  ``StateGraph`` + ``ToolNode`` driven by a scripted chat model (no network), which first
+  calls the ``lookup`` tool, then answers. Its model node refuses a history with an
+  unanswered tool call exactly as LangGraph's prebuilt agent does (``INVALID_CHAT_HISTORY``),
+  the way providers answer 400. Model and tool delays are per graph, so a test can make a
+  drain land while the model runs, or a tool outlast the drain timeout.
+* :func:`open_saver`: the three LangGraph savers the issue names, by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import tool
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.errors import ErrorCode, create_error_message
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
+
+from agentlocks._demo._agent import build_agent
+from agentlocks._demo._agent import dangling_tool_calls as dangling_tool_calls
 
 SAVERS = ("memory", "sqlite", "postgres")
 
@@ -53,86 +52,25 @@ def chat_graph(checkpointer: BaseCheckpointSaver[Any] | None, delay: float = 0.0
     return builder.compile(checkpointer=checkpointer)
 
 
-@tool
-async def lookup(query: str) -> str:
-    """Look ``query`` up (scripted)."""
-    await asyncio.sleep(STEP_DELAY)
-    return f"result for {query}"
+def agent(
+    checkpointer: BaseCheckpointSaver[Any] | None,
+    *,
+    model_delay: float = STEP_DELAY,
+    tool_delay: float = STEP_DELAY,
+    entered: Callable[[str], None] | None = None,
+) -> Any:
+    """The demo's ReAct agent (model -> tools -> model), refusing an invalid chat history.
 
-
-def dangling_tool_calls(messages: Sequence[BaseMessage]) -> list[str]:
-    """Ids of tool calls in ``messages`` that no ``ToolMessage`` answers."""
-    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-    return [
-        call["id"] or ""
-        for m in messages
-        if isinstance(m, AIMessage)
-        for call in m.tool_calls
-        if call["id"] not in answered
-    ]
-
-
-class ScriptedChatModel(BaseChatModel):
-    """Calls ``lookup`` for the latest user message, then answers it once the tool replied."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
-        return self
-
-    def _next(self, messages: list[BaseMessage]) -> AIMessage:
-        last = messages[-1]
-        human = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
-        if isinstance(last, ToolMessage):
-            return AIMessage(f"answer to {human.content}", id=f"answer-{human.id}")
-        call = {"name": "lookup", "args": {"query": str(human.content)}, "id": f"call-{human.id}"}
-        return AIMessage("", tool_calls=[call], id=f"ask-{human.id}")
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        await asyncio.sleep(STEP_DELAY)
-        return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
-
-
-def agent_graph(checkpointer: BaseCheckpointSaver[Any] | None) -> Any:
-    """A ReAct agent: model -> tools -> model, with LangGraph's own chat-history check."""
-    model = ScriptedChatModel().bind_tools([lookup])
-
-    async def call_model(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        dangling = dangling_tool_calls(state["messages"])
-        if dangling:
-            raise ValueError(
-                create_error_message(
-                    message="Found AIMessages with tool_calls that do not have a "
-                    f"corresponding ToolMessage: {dangling}",
-                    error_code=ErrorCode.INVALID_CHAT_HISTORY,
-                )
-            )
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("agent", call_model)
-    builder.add_node("tools", ToolNode([lookup]))
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", tools_condition)
-    builder.add_edge("tools", "agent")
-    return builder.compile(checkpointer=checkpointer)
+    ``tool_delay`` is the time the tool takes for turn 1 (``"msg-1"``); later turns' tool
+    calls take STEP_DELAY, so a test of a slow first run does not wait for slow later ones.
+    ``entered("model")`` / ``entered("tool")`` is called as each call begins.
+    """
+    return build_agent(
+        checkpointer,
+        think=model_delay,
+        tool_delay=lambda query: tool_delay if query == "msg-1" else STEP_DELAY,
+        entered=entered,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,7 @@
-"""LangGraph test fixtures: a coordinator per backend (tests/fastapi's), a saver per kind."""
+"""LangGraph test fixtures: a saver per kind, a memory:// coordinator, fresh thread ids.
+
+``backend_url`` (one backend per param) and ``coord`` (on it) are tests/conftest.py's.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,6 @@ import pytest_asyncio
 import agentlocks
 from agentlocks import Coordinator
 from tests.conftest import backend_url_for
-from tests.fastapi.conftest import backend_url as backend_url  # one backend per param
-from tests.fastapi.conftest import coord as coord  # a coordinator on it, own namespace
 from tests.langgraph._graphs import SAVERS, open_saver
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import require_env
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "langgraph.py"
 
 TABLES = (
@@ -55,9 +57,7 @@ def test_quick_run_on_memory_prints_its_tables_and_exits_0() -> None:
 @pytest.mark.timeout(60)
 def test_quick_run_on_postgres_prints_its_tables_and_exits_0() -> None:
     """--quick on AsyncPostgresSaver (+ postgresql://, + redis:// if up) exits 0 with its tables."""
-    dsn = os.environ.get("AGENTLOCKS_TEST_POSTGRES_URL")
-    if dsn is None:
-        pytest.skip("AGENTLOCKS_TEST_POSTGRES_URL is not set (run through scripts/test)")
+    dsn = require_env("AGENTLOCKS_TEST_POSTGRES_URL")
     args = ["--backends", "postgres,redis", "--dsn", dsn, "--pool-size", "4"]
     labels = ["AsyncPostgresSaver + postgresql://"]
     redis_url = os.environ.get("AGENTLOCKS_TEST_REDIS_URL")

@@ -22,8 +22,9 @@ from agentlocks.langgraph._drain import (
     thread_key,
 )
 
-from ._drain_graphs import agent, dangling_tool_calls, interrupting_run, user
 from ._drain_support import BACKEND_NAMES, coordinators
+from ._graphs import agent, dangling_tool_calls, user
+from ._interrupting import interrupting_run
 
 Factory = Callable[[], Coordinator]
 

@@ -16,8 +16,8 @@ from agentlocks import Coordinator
 from agentlocks.langgraph import guard_graph
 from agentlocks.langgraph._drain import INTERRUPTED_TOOL_CALL
 
-from ._drain_graphs import agent, dangling_tool_calls, user
 from ._drain_support import BACKEND_NAMES, coordinators
+from ._graphs import agent, dangling_tool_calls, user
 
 Factory = Callable[[], Coordinator]
 

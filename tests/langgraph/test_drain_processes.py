@@ -18,7 +18,8 @@ from agentlocks.langgraph import guard_graph
 from agentlocks.langgraph._drain import INTERRUPTED_TOOL_CALL, DrainSignals
 from tests.conftest import backend_url_for
 
-from ._drain_graphs import agent, dangling_tool_calls, interrupting_run, user
+from ._graphs import agent, dangling_tool_calls, user
+from ._interrupting import interrupting_run
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:

@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from agentlocks import Coordinator
 from agentlocks.langgraph import guard_graph
-from tests.langgraph._graphs import agent_graph, chat_graph, dangling_tool_calls, user
+from tests.langgraph._graphs import agent, chat_graph, dangling_tool_calls, user
 
 RUNS = 10
 TEXTS = 8
@@ -63,7 +63,7 @@ async def test_unguarded_concurrent_runs_lose_messages(saver: Any, thread_id: st
 
 async def test_unguarded_agent_double_texts_wedge_the_thread(thread_id: str) -> None:
     """Without agentlocks, double-texts lose turns, leave dangling tool calls, break later runs."""
-    graph = agent_graph(InMemorySaver())
+    graph = agent(InMemorySaver())
     results = await double_texts(graph, thread_id, TEXTS)
     messages = await messages_of(graph, thread_id)
     humans = [m for m in messages if isinstance(m, HumanMessage)]
@@ -99,7 +99,7 @@ async def test_guarded_agent_double_texts_keep_whole_turns(
     coord: Coordinator, thread_id: str
 ) -> None:
     """With guard_graph, 8 double-texts 30 ms apart keep 8 whole turns; each gets its answer."""
-    graph = guard_graph(agent_graph(InMemorySaver()), coord)
+    graph = guard_graph(agent(InMemorySaver()), coord)
     results = await double_texts(graph, thread_id, TEXTS)
     for i, result in enumerate(results):
         assert not isinstance(result, BaseException), result

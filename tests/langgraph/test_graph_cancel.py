@@ -13,7 +13,7 @@ from agentlocks import Coordinator
 from agentlocks.langgraph import guard_graph
 from agentlocks.langgraph._drain import INTERRUPTED_TOOL_CALL
 
-from ._drain_graphs import agent, dangling_tool_calls, user
+from ._graphs import agent, dangling_tool_calls, user
 
 
 def _config(thread: str) -> dict[str, dict[str, str]]:

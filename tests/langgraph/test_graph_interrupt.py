@@ -22,7 +22,7 @@ from langgraph.runtime import RunControl
 
 from agentlocks import Coordinator
 from agentlocks.langgraph import _holding, guard_graph
-from tests.langgraph._graphs import agent_graph, dangling_tool_calls, user
+from tests.langgraph._graphs import agent, dangling_tool_calls, user
 from tests.langgraph.test_graph import cfg, messages_of
 from tests.langgraph.test_graph_behaviour import until_held
 
@@ -93,7 +93,7 @@ async def test_interrupt_drains_at_a_boundary_and_closes_dangling_calls(
     memory_coord: Coordinator, thread_id: str, signals: LocalSignals
 ) -> None:
     """The running run drains at a boundary, its tool call closed; the newer run runs whole."""
-    graph = interrupting(agent_graph(InMemorySaver()), memory_coord, signals)
+    graph = interrupting(agent(InMemorySaver()), memory_coord, signals)
     first = asyncio.create_task(graph.ainvoke(user(0), cfg(thread_id)))
     await until_held(memory_coord, thread_id)
     await asyncio.sleep(0.005)  # inside the model call; it finishes, then the run drains
@@ -143,7 +143,7 @@ async def test_interrupt_reaches_the_callers_own_control(
     memory_coord: Coordinator, thread_id: str, signals: LocalSignals
 ) -> None:
     """A RunControl the caller passed is the one drained (not replaced by another)."""
-    graph = interrupting(agent_graph(InMemorySaver()), memory_coord, signals)
+    graph = interrupting(agent(InMemorySaver()), memory_coord, signals)
     mine = RunControl()
     first = asyncio.create_task(graph.ainvoke(user(0), cfg(thread_id), control=mine))
     await until_held(memory_coord, thread_id)

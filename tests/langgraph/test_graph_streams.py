@@ -15,14 +15,14 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from agentlocks import Coordinator
 from agentlocks.langgraph import guard_graph
-from tests.langgraph._graphs import SlowSaver, agent_graph, chat_graph, user
+from tests.langgraph._graphs import SlowSaver, agent, chat_graph, user
 from tests.langgraph.test_graph import cfg, messages_of
 from tests.langgraph.test_graph_behaviour import is_held, until_held
 
 
 def guarded_agent(coord: Coordinator) -> Any:
     """The tool-calling agent (several steps, so a stream has chunks to stop between)."""
-    return guard_graph(agent_graph(InMemorySaver()), coord)
+    return guard_graph(agent(InMemorySaver()), coord)
 
 
 async def test_astream_holds_until_exhausted_or_closed(coord: Coordinator, thread_id: str) -> None:

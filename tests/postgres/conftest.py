@@ -1,31 +1,33 @@
-"""Fixtures of the PostgreSQL backend's adversarial tests (real server from scripts/test)."""
+"""Fixtures of the PostgreSQL backend's adversarial tests (real server from scripts/test).
+
+``connect``, ``coord`` and ``namespace`` are tests/conftest.py's, on the rig's PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
-import agentlocks
-from agentlocks import Coordinator
+from tests.support.coordinators import Connect as Connect
+from tests.support.servers import require_env
 
 
 @pytest.fixture
 def pg_url() -> str:
     """The rig's PostgreSQL URL (skipped, or failed on CI, when the server is not up)."""
-    url = os.environ.get("AGENTLOCKS_TEST_POSTGRES_URL")
-    if not url:
-        message = "AGENTLOCKS_TEST_POSTGRES_URL is not set (run the suite through scripts/test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
+    return require_env("AGENTLOCKS_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def backend_url(pg_url: str) -> str:
+    """Coordinators of ``connect`` and ``coord`` use the rig's PostgreSQL unless given a URL."""
+    return pg_url
 
 
 @pytest.fixture
@@ -34,28 +36,10 @@ def app_name() -> str:
     return f"agentlocks-test-{uuid.uuid4().hex[:10]}"
 
 
-class Connect(Protocol):
-    """Factory fixture: a coordinator on the rig's server, closed after the test."""
-
-    def __call__(self, **options: Any) -> Coordinator: ...
-
-
-@pytest_asyncio.fixture
-async def connect(pg_url: str, app_name: str) -> AsyncIterator[Connect]:
-    """Make coordinators in a fresh namespace, tagged with ``app_name``; close them after."""
-    namespace = f"pgtest-{uuid.uuid4().hex[:12]}"
-    made: list[Coordinator] = []
-
-    def make(**options: Any) -> Coordinator:
-        options.setdefault("namespace", namespace)
-        options.setdefault("application_name", app_name)
-        coord = agentlocks.connect(pg_url, **options)
-        made.append(coord)
-        return coord
-
-    yield make
-    for coord in made:
-        await coord.aclose()
+@pytest.fixture
+def connect_defaults(namespace: str, app_name: str) -> dict[str, Any]:
+    """``connect``'s coordinators are tagged with ``app_name``, to count their sessions."""
+    return {"namespace": namespace, "application_name": app_name}
 
 
 @pytest_asyncio.fixture

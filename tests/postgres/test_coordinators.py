@@ -12,16 +12,11 @@ import pytest
 import agentlocks
 from agentlocks import AcquireTimeout, Busy, Lease, LeaseLost, QueueFull
 from agentlocks.backends.postgres import PostgresBackend
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect, no_advisory_locks_soon
 
 pytestmark = pytest.mark.postgres
-
-
-async def _queued(coord: agentlocks.Coordinator, key: str, n: int, semaphore: bool = False) -> None:
-    async with asyncio.timeout(10):
-        while (await coord.inspect(key, semaphore=semaphore)).waiting != n:
-            await asyncio.sleep(0.005)
 
 
 async def test_a_queued_writer_of_another_process_blocks_new_readers(connect: Connect) -> None:
@@ -29,11 +24,11 @@ async def test_a_queued_writer_of_another_process_blocks_new_readers(connect: Co
     a, b, c = connect(), connect(), connect()
     reader = await a.acquire("doc", shared=True)
     writer = asyncio.create_task(_lease(b, "doc"))
-    await _queued(a, "doc", 1)
+    await until_waiting(a, "doc", 1)
     with pytest.raises(Busy):
         await c.acquire("doc", shared=True, wait=False)
     late = asyncio.create_task(_lease(c, "doc", shared=True))
-    await _queued(a, "doc", 2)
+    await until_waiting(a, "doc", 2)
     await reader.release()
     write = await asyncio.wait_for(writer, 10)
     assert not late.done()
@@ -52,7 +47,7 @@ async def test_max_waiting_counts_other_processes_waiters(connect: Connect) -> N
     a, b, c = connect(), connect(), connect()
     holder = await a.acquire("busy")
     waiter = asyncio.create_task(_lease(b, "busy"))
-    await _queued(c, "busy", 1)
+    await until_waiting(c, "busy", 1)
     with pytest.raises(QueueFull):
         await c.acquire("busy", max_waiting=1)
     info = await c.inspect("busy")
@@ -68,7 +63,7 @@ async def test_max_waiting_counts_requests_queued_behind_another_processes_head(
     a, b, c = connect(), connect(), connect()
     holder = await a.acquire("deep")
     waiters = [asyncio.create_task(_lease(b, "deep")) for _ in range(40)]
-    await _queued(c, "deep", 40)
+    await until_waiting(c, "deep", 40)
     with pytest.raises(QueueFull):
         await c.acquire("deep", max_waiting=40)
     with pytest.raises(AcquireTimeout):
@@ -76,11 +71,11 @@ async def test_max_waiting_counts_requests_queued_behind_another_processes_head(
     for waiter in waiters[20:]:
         waiter.cancel()
     await asyncio.gather(*waiters[20:], return_exceptions=True)
-    await _queued(c, "deep", 20)
+    await until_waiting(c, "deep", 20)
     await holder.release()
     for waiter in waiters[:20]:
         await (await asyncio.wait_for(waiter, 10)).release()
-    await _queued(c, "deep", 0)
+    await until_waiting(c, "deep", 0)
     await no_advisory_locks_soon(admin, app_name)  # the published length goes with the queue
 
 
@@ -103,13 +98,13 @@ async def test_queue_lengths_of_many_keys_are_published_together(
     monkeypatch.setattr(counts, "_send", counting)
     waiters = [asyncio.create_task(_take_and_release(b, key)) for key in keys for _ in range(3)]
     for key in keys:
-        await _queued(c, key, 3)
+        await until_waiting(c, key, 3)
     assert sends < len(keys)  # one statement per session per tick, not one per key
     for lease in holders:
         await lease.release()
     await asyncio.wait_for(asyncio.gather(*waiters), 20)
     for key in keys:
-        await _queued(c, key, 0)
+        await until_waiting(c, key, 0)
 
 
 async def _take_and_release(coord: agentlocks.Coordinator, key: str) -> None:
@@ -144,7 +139,7 @@ async def test_requests_of_several_processes_are_served_in_arrival_order(
     tasks = []
     for index, coord in enumerate([b, b, c, b, c, c]):
         tasks.append(asyncio.create_task(run(coord, index)))
-        await _queued(a, "fifo", index + 1, semaphore=semaphore)
+        await until_waiting(a, "fifo", index + 1, semaphore=semaphore)
     await holder.release()
     await asyncio.wait_for(asyncio.gather(*tasks), 20)
     assert order == list(range(6))
@@ -155,13 +150,13 @@ async def test_semaphore_max_waiting_counts_every_processes_queue(connect: Conne
     a, b, c = connect(), connect(), connect()
     slot = await a.semaphore("gpu", capacity=1)
     waiters = [asyncio.create_task(_slot(b, "gpu", 1)) for _ in range(4)]
-    await _queued(c, "gpu", 4, semaphore=True)
+    await until_waiting(c, "gpu", 4, semaphore=True)
     with pytest.raises(QueueFull):
         await c.semaphore("gpu", capacity=1, max_waiting=4)
     await slot.release()
     for waiter in waiters:
         await (await asyncio.wait_for(waiter, 10)).release()
-    await _queued(c, "gpu", 0, semaphore=True)
+    await until_waiting(c, "gpu", 0, semaphore=True)
 
 
 async def test_semaphore_capacity_and_wake_up_across_processes(connect: Connect) -> None:
@@ -171,7 +166,7 @@ async def test_semaphore_capacity_and_wake_up_across_processes(connect: Connect)
     with pytest.raises(Busy):
         await b.semaphore("llm", capacity=2, wait=False)
     waiter = asyncio.create_task(_slot(b, "llm", 2))
-    await _queued(a, "llm", 1, semaphore=True)
+    await until_waiting(a, "llm", 1, semaphore=True)
     assert len((await b.inspect("llm", semaphore=True)).holders) == 2
     await slots[0].release()  # NOTIFY wakes b's head at once
     got = await asyncio.wait_for(waiter, 10)
@@ -191,7 +186,7 @@ async def test_a_slot_freed_by_a_dead_holder_reaches_the_waiter(
     a, b = connect(), connect(liveness_interval=0.2)
     slot = await a.semaphore("gpu", capacity=1)
     waiter = asyncio.create_task(_slot(b, "gpu", 1))
-    await _queued(b, "gpu", 1, semaphore=True)
+    await until_waiting(b, "gpu", 1, semaphore=True)
     pid = a.backend.backend_pid(slot._grant)  # type: ignore[attr-defined]
     assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
     got = await asyncio.wait_for(waiter, 10)

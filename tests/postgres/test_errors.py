@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +21,7 @@ from agentlocks._url import COMMON_OPTIONS
 from agentlocks.backends.postgres import PostgresBackend
 from agentlocks.backends.postgres._connect import driver_dsn
 from agentlocks.backends.postgres._connection import Session
+from tests.support.servers import free_port, require_env, silent_server
 
 pytestmark = pytest.mark.postgres
 
@@ -31,16 +29,9 @@ PASSWORD = "s3cret-Pa55word"
 OURS = PostgresBackend.option_names | COMMON_OPTIONS
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_unreachable_server_raises_backend_error() -> None:
     """Nothing listening: BackendError naming the redacted URL, the OS error as cause."""
-    port = _free_port()
+    port = free_port()
     coord = agentlocks.connect(f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/db")
     try:
         with pytest.raises(BackendError) as caught:
@@ -51,27 +42,9 @@ async def test_unreachable_server_raises_backend_error() -> None:
         await coord.aclose()
 
 
-@contextlib.asynccontextmanager
-async def _silent_server() -> AsyncIterator[int]:
-    """A TCP server that accepts connections and never says a word."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
-
-
 async def test_a_server_that_never_answers_fails_within_the_connect_timeout() -> None:
     """A server that accepts but never answers: BackendError after connect_timeout."""
-    async with _silent_server() as port:
+    async with silent_server() as port:
         coord = agentlocks.connect(
             f"postgresql://app@127.0.0.1:{port}/db?connect_timeout=0.5", namespace="x"
         )
@@ -145,12 +118,7 @@ def _as_pg_user() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def password_server() -> Iterator[int]:
     """A PostgreSQL started from AGENTLOCKS_TEST_PG_BINDIR with scram-sha-256 auth."""
-    bindir = os.environ.get("AGENTLOCKS_TEST_PG_BINDIR")
-    if not bindir:
-        message = "AGENTLOCKS_TEST_PG_BINDIR is not set (run the suite through scripts/test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    bindir = require_env("AGENTLOCKS_TEST_PG_BINDIR")
     options = _as_pg_user()
     ids = options.pop("user_ids", None)
     tmp = Path(tempfile.mkdtemp(prefix="agentlocks-auth-", dir="/tmp"))
@@ -166,7 +134,7 @@ def password_server() -> Iterator[int]:
              "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"],
             cwd=tmp, check=True, capture_output=True, **options,  # type: ignore[call-overload]
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [f"{bindir}/postgres", "-D", str(tmp / "data"), "-k", str(tmp), "-p", str(port),
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],

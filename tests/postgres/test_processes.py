@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 import agentlocks
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect
 
@@ -121,8 +122,7 @@ async def test_a_holder_killed_by_sigkill_frees_the_lock_for_another_process(
         line = await asyncio.wait_for(holder.stdout.readline(), 30)
         holder_token = int(line)
         waiter = asyncio.create_task(_take(coord))
-        while (await coord.inspect("crash")).waiting != 1:
-            await asyncio.sleep(0.01)
+        await until_waiting(coord, "crash", 1)
         assert not waiter.done()
         killed = time.monotonic()
         holder.send_signal(signal.SIGKILL)

@@ -11,15 +11,11 @@ import pytest
 import agentlocks
 from agentlocks import AcquireTimeout, Lease, LeaseLost
 from agentlocks.backends.postgres import _session
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect, advisory_locks_of, connections_of, no_advisory_locks_soon
 
 pytestmark = pytest.mark.postgres
-
-
-async def _wait_until_queued(coord: agentlocks.Coordinator, key: str, waiting: int) -> None:
-    while (await coord.inspect(key)).waiting != waiting:
-        await asyncio.sleep(0.005)
 
 
 async def test_terminated_backend_loses_the_lease_and_the_next_waiter_proceeds(
@@ -32,7 +28,7 @@ async def test_terminated_backend_loses_the_lease_and_the_next_waiter_proceeds(
     with pytest.raises(LeaseLost):
         async with holder.acquire("job") as lease:
             waiter = asyncio.create_task(_take(other))
-            await _wait_until_queued(other, "job", 1)
+            await until_waiting(other, "job", 1)
             pid = holder.backend.backend_pid(lease._grant)  # type: ignore[attr-defined]
             assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
             await asyncio.sleep(30)  # cancelled as soon as the loss is noticed
@@ -125,7 +121,7 @@ async def test_200_waiters_on_one_key_use_one_waiting_session(
     for index in range(200):
         tasks.append(asyncio.create_task(take(index)))
         await asyncio.sleep(0)
-    await _wait_until_queued(coord, "queue", 200)
+    await until_waiting(coord, "queue", 200)
     waiting_in_server = await admin.fetchval(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
         " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = $1",

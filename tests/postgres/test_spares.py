@@ -19,6 +19,7 @@ import pytest_asyncio
 import agentlocks
 from agentlocks import AcquireTimeout, BackendError, Coordinator, Lease
 from agentlocks.backends.postgres import PostgresBackend
+from tests.support.waiting import until, until_waiting
 
 from .conftest import Connect, connections_of, no_advisory_locks_soon
 
@@ -40,19 +41,6 @@ async def _held_elsewhere(coord: Coordinator, *keys: str) -> list[Lease]:
     return await asyncio.create_task(take())
 
 
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-async def _queued_in_server(coord: Coordinator, key: str, n: int) -> None:
-    async with asyncio.timeout(10):
-        while (await coord.inspect(key)).waiting != n:
-            await asyncio.sleep(0.005)
-
-
 async def _hold(coord: Coordinator, key: str, events: list[str], release: asyncio.Event) -> None:
     async with coord.acquire(key):
         events.append(key)
@@ -69,7 +57,7 @@ async def test_waits_past_max_spares_queue_fifo_and_respect_their_timeout(
     events: list[str] = []
     go = {key: asyncio.Event() for key in ("k1", "k2", "k3")}
     first = asyncio.create_task(_hold(coord, "k1", events, go["k1"]))
-    await _queued_in_server(other, "k1", 1)
+    await until_waiting(other, "k1", 1)
     assert backend._sessions.spares_lent == 1
     before = await connections_of(admin, app_name)
 
@@ -78,9 +66,9 @@ async def test_waits_past_max_spares_queue_fifo_and_respect_their_timeout(
     assert backend._sessions.spare_line == 0
 
     second = asyncio.create_task(_hold(coord, "k2", events, go["k2"]))
-    await _until(lambda: backend._sessions.spare_line == 1)
+    await until(lambda: backend._sessions.spare_line == 1)
     third = asyncio.create_task(_hold(coord, "k3", events, go["k3"]))
-    await _until(lambda: backend._sessions.spare_line == 2)
+    await until(lambda: backend._sessions.spare_line == 2)
     for lease in held[1:]:
         await lease.release()  # k2 and k3 are free, but their requests wait for the spare
     await asyncio.sleep(0.2)
@@ -88,9 +76,9 @@ async def test_waits_past_max_spares_queue_fifo_and_respect_their_timeout(
     assert await connections_of(admin, app_name) == before
 
     await held[0].release()
-    await _until(lambda: events == ["k1"])
+    await until(lambda: events == ["k1"])
     go["k1"].set()
-    await _until(lambda: events == ["k1", "k2"])
+    await until(lambda: events == ["k1", "k2"])
     await asyncio.sleep(0.1)
     assert events == ["k1", "k2"]  # the spare is pinned by k2's grant: k3 still waits
     go["k2"].set()
@@ -114,12 +102,12 @@ async def test_a_task_holding_a_grant_may_exceed_max_spares(connect: Connect) ->
             return outer.token, inner.token, child
 
     task = asyncio.create_task(nested())
-    await _queued_in_server(other, "k1", 1)
+    await until_waiting(other, "k1", 1)
     await k1.release()
-    await _queued_in_server(other, "k2", 1)
+    await until_waiting(other, "k2", 1)
     assert backend._sessions.spares_lent == 2
     await k2.release()
-    await _queued_in_server(other, "k3", 1)
+    await until_waiting(other, "k3", 1)
     await k3.release()
     tokens = await asyncio.wait_for(task, 10)
     assert tokens[0] < tokens[1] < tokens[2]
@@ -134,16 +122,16 @@ async def test_leases_held_across_tasks_cannot_deadlock_on_the_budget(connect: C
     held = await _held_elsewhere(other, "a", "b", "c")
     backend = _backend(coord)
     mine = asyncio.gather(coord.acquire("a", timeout=10), coord.acquire("b", timeout=10))
-    await _queued_in_server(other, "a", 1)
-    await _queued_in_server(other, "b", 1)
+    await until_waiting(other, "a", 1)
+    await until_waiting(other, "b", 1)
     for lease in held[:2]:
         await lease.release()
     leases = await asyncio.wait_for(mine, 10)  # both pinned on the two spares, held here
     assert backend._sessions.spares_lent == 2
     waited = asyncio.get_running_loop().time()
     third = asyncio.create_task(_token_of(coord, "c"))
-    await _until(lambda: backend._sessions.spare_line == 1)  # in line for the budget ...
-    await _until(lambda: backend._sessions.spares_lent == 3)  # ... then over it
+    await until(lambda: backend._sessions.spare_line == 1)  # in line for the budget ...
+    await until(lambda: backend._sessions.spares_lent == 3)  # ... then over it
     waited = asyncio.get_running_loop().time() - waited
     assert waited >= 0.15
     await held[2].release()
@@ -186,18 +174,18 @@ async def test_a_full_server_makes_waits_queue_for_a_spare_to_come_back(
     go = {key: asyncio.Event() for key in ("k1", "k2", "k3")}
     try:
         tasks = [asyncio.create_task(_hold(coord, key, events, go[key])) for key in ("k1", "k2")]
-        await _queued_in_server(other, "k2", 1)
-        await _queued_in_server(other, "k1", 1)
+        await until_waiting(other, "k2", 1)
+        await until_waiting(other, "k1", 1)
         tasks.append(asyncio.create_task(_hold(coord, "k3", events, go["k3"])))
         # The role's three connections: one shared session and two spares. k3 waits.
-        await _until(lambda: backend._sessions.spare_line == 1)
+        await until(lambda: backend._sessions.spare_line == 1)
         await held[2].release()
         await held[0].release()
-        await _until(lambda: events == ["k1"])
+        await until(lambda: events == ["k1"])
         await asyncio.sleep(0.1)
         assert "k3" not in events
         go["k1"].set()  # k1's spare comes back: k3 takes it and gets its (free) key at once
-        await _until(lambda: events == ["k1", "k3"])
+        await until(lambda: events == ["k1", "k3"])
 
         # Now every connection is in use and this task holds a grant: no waiting for a
         # spare (it could be what they wait for): BackendError at once.

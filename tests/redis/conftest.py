@@ -1,69 +1,39 @@
-"""Fixtures of the Redis backend's adversarial tests (real servers, never a fake)."""
+"""Fixtures of the Redis backend's adversarial tests (real servers, never a fake).
+
+``connect``, ``coord`` and ``namespace`` are tests/conftest.py's, on the rig's Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-import agentlocks
-from agentlocks import Coordinator, Lease
+from agentlocks import Lease
+from tests.support.coordinators import Connect as Connect
+from tests.support.servers import free_port as free_port
+from tests.support.servers import require_env
 
 pytestmark = pytest.mark.redis
-
-
-def _require(env_var: str) -> str:
-    value = os.environ.get(env_var)
-    if not value:
-        message = f"{env_var} is not set (run the suite through scripts/test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
 
 
 @pytest.fixture
 def redis_url() -> str:
     """The rig's Redis URL (skipped, or failed on CI, when the server is not up)."""
-    return _require("AGENTLOCKS_TEST_REDIS_URL")
+    return require_env("AGENTLOCKS_TEST_REDIS_URL")
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A namespace no other test uses."""
-    return f"redistest-{uuid.uuid4().hex[:12]}"
-
-
-class Connect(Protocol):
-    """Factory fixture: a coordinator (rig server by default), closed after the test."""
-
-    def __call__(self, url: str | None = None, **options: Any) -> Coordinator: ...
-
-
-@pytest_asyncio.fixture
-async def connect(redis_url: str, namespace: str) -> AsyncIterator[Connect]:
-    """Make coordinators in this test's namespace; close them all after the test."""
-    made: list[Coordinator] = []
-
-    def make(url: str | None = None, **options: Any) -> Coordinator:
-        options.setdefault("namespace", namespace)
-        coord = agentlocks.connect(url or redis_url, **options)
-        made.append(coord)
-        return coord
-
-    yield make
-    for coord in made:
-        await coord.aclose()
+def backend_url(redis_url: str) -> str:
+    """Coordinators of ``connect`` and ``coord`` use the rig's Redis unless given a URL."""
+    return redis_url
 
 
 @pytest_asyncio.fixture
@@ -72,14 +42,6 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:
@@ -131,7 +93,7 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     """A throwaway redis-server started from $AGENTLOCKS_TEST_REDIS_SERVER."""
-    srv = Server(_require("AGENTLOCKS_TEST_REDIS_SERVER"), tmp_path)
+    srv = Server(require_env("AGENTLOCKS_TEST_REDIS_SERVER"), tmp_path)
     srv.start()
     yield srv
     srv.kill()

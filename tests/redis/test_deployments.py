@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 import agentlocks
 from agentlocks import BackendError, ConfigError
 from tests.support.deployments import ClusterDeployment, SentinelDeployment
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect, Server, start
 
@@ -154,8 +155,7 @@ async def test_hand_off_is_not_broadcast_to_every_node(
         holder, waiter_coord = connect(redis_cluster.url), connect(redis_cluster.url)
         lease = await holder.acquire("sharded")
         waiter = start(waiter_coord.acquire("sharded", timeout=10))
-        while (await holder.inspect("sharded")).waiting != 1:
-            await asyncio.sleep(0.005)
+        await until_waiting(holder, "sharded", 1)
         await lease.release()
         second = await asyncio.wait_for(waiter, 10)
         await second.release()
@@ -175,8 +175,7 @@ async def test_min_replicas_waits_for_the_replica(
     durable = connect(redis_sentinel.url, min_replicas=1)
     lease = await durable.acquire("durable")
     waiter = start(durable.acquire("durable", timeout=10))
-    while (await durable.inspect("durable")).waiting != 1:
-        await asyncio.sleep(0.005)
+    await until_waiting(durable, "durable", 1)
     await lease.release()
     second = await asyncio.wait_for(waiter, 10)
     assert second.token > lease.token

@@ -13,6 +13,7 @@ import agentlocks
 from agentlocks import BackendError, ConfigError, Lease, LeaseLost
 from agentlocks.backends.redis import RedisBackend
 from agentlocks.backends.redis._scripts import generation_key, lock_keys
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect, client_names, start
 
@@ -35,8 +36,7 @@ async def test_every_key_written_expires_by_itself(
     lease = await coord.acquire("ttl")
     assert 0 < await raw.pttl(keys[0]) <= 30_000  # the uncontended fast path too
     waiter = start(coord.acquire("ttl", shared=True))
-    while (await coord.inspect("ttl")).waiting != 1:
-        await asyncio.sleep(0.005)
+    await until_waiting(coord, "ttl", 1)
     assert await raw.exists(*keys) == 4
     assert all(ttl > 0 for ttl in [await raw.pttl(k) for k in keys])
     await lease.release()
@@ -77,8 +77,7 @@ async def test_a_thousand_waiters_use_a_bounded_number_of_connections(
     backend = waiting.backend
     assert isinstance(backend, RedisBackend)
     for key in keys:  # every request is queued on the server
-        while (await holder.inspect(key)).waiting != 1:
-            await asyncio.sleep(0.005)
+        await until_waiting(holder, key, 1)
     names = await client_names(raw, backend.client_name)
     assert names.count(backend.client_name + ":inbox") == 1
     assert len(names) <= 4 + 1, names
@@ -94,8 +93,7 @@ async def test_a_grant_missed_by_the_inbox_is_collected_on_reconnect(
     holder, waiting = connect(), connect()
     lease = await holder.acquire("missed")
     waiter = start(waiting.acquire("missed"))
-    while (await holder.inspect("missed")).waiting != 1:
-        await asyncio.sleep(0.005)
+    await until_waiting(holder, "missed", 1)
     backend = waiting.backend
     assert isinstance(backend, RedisBackend)
     inbox = backend._room.inbox
@@ -142,8 +140,7 @@ async def test_aclose_ends_grants_and_waits_loudly(connect: Connect, namespace: 
     holder = asyncio.create_task(hold())
     await entered.wait()
     waiter = start(coord.acquire("closing"))
-    while (await observer.inspect("closing")).waiting != 1:
-        await asyncio.sleep(0.005)
+    await until_waiting(observer, "closing", 1)
     await coord.aclose()
     with pytest.raises(LeaseLost):
         await asyncio.wait_for(holder, 5)
@@ -160,8 +157,7 @@ async def test_a_client_of_your_own_is_used_and_left_open(redis_url: str, namesp
         coord = agentlocks.connect(redis=client, namespace=namespace)
         async with coord.acquire("mine") as lease:
             waiter = start(coord.acquire("mine"))
-            while (await coord.inspect("mine")).waiting != 1:
-                await asyncio.sleep(0.005)
+            await until_waiting(coord, "mine", 1)
             assert lease.token > 0
         await (await asyncio.wait_for(waiter, 10)).release()
         backend = coord.backend

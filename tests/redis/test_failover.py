@@ -17,8 +17,9 @@ import redis.asyncio as aioredis
 
 import redis
 from agentlocks import AcquireTimeout, BackendError, Lease, LeaseLost
-from tests.conftest import unavailable
 from tests.support.deployments import ClusterDeployment, DeploymentError, SentinelDeployment
+from tests.support.servers import unavailable
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect
 
@@ -33,7 +34,6 @@ def sentinel_group(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
         group = SentinelDeployment(tmp_path, replicas=replicas).start()
     except DeploymentError as exc:
         unavailable(f"redis+sentinel: {exc}")
-        raise
     yield group
     group.stop()
 
@@ -45,7 +45,6 @@ def cluster6(tmp_path: Path) -> Iterator[ClusterDeployment]:
         cluster = ClusterDeployment(tmp_path, replicas=1).start()
     except DeploymentError as exc:
         unavailable(f"redis+cluster: {exc}")
-        raise
     yield cluster
     cluster.stop()
 
@@ -89,8 +88,7 @@ async def test_sentinel_failover_is_followed_and_no_waiter_hangs(
     other = connect(sentinel_group.url, lease_ttl=3, socket_timeout=1)
     lease = await coord.acquire("fo")
     waiters = [take_and_release(other, "fo", timeout=20) for _ in range(3)]
-    while (await coord.inspect("fo")).waiting != 3:
-        await asyncio.sleep(0.005)
+    await until_waiting(coord, "fo", 3)
     old = sentinel_group.primary_port()
     await asyncio.sleep(0.1)  # the replica has the queue (asynchronous replication)
     sentinel_group.node(old).kill()
@@ -254,8 +252,7 @@ async def test_slot_migrated_while_requests_wait(
             done += 1
 
     tasks = [asyncio.create_task(worker(c)) for c in coords for _ in range(4)]
-    while (await coords[0].inspect(key)).waiting < 12:
-        await asyncio.sleep(0.005)
+    await until_waiting(coords[0], key, 12, at_least=True)
     await asyncio.to_thread(_migrate_slot, slot, source, target, masters)
     await first.release()
     await asyncio.wait_for(asyncio.gather(*tasks), 40)  # no waiter stuck

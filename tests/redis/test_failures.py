@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,8 +11,10 @@ from redis.exceptions import RedisError
 
 import agentlocks
 from agentlocks import BackendError, Lease, LeaseLost
+from tests.support.servers import free_port, silent_server
+from tests.support.waiting import until_waiting
 
-from .conftest import Connect, Server, free_port, start
+from .conftest import Connect, Server, start
 
 
 def chain(exc: BaseException) -> str:
@@ -59,8 +59,7 @@ async def test_restart_while_holding_and_waiting(server: Server, connect: Connec
     first, second = connect(server.url), connect(server.url)
     lease = await first.acquire("restart", lease_ttl=1.5)
     waiter = start(second.acquire("restart", lease_ttl=1.5))
-    while (await first.inspect("restart")).waiting != 1:
-        await asyncio.sleep(0.005)
+    await until_waiting(first, "restart", 1)
     await server.restart()
     # The waiter either learns that its request vanished, or (only if the holder's loss
     # was handled first) is granted afresh; it never hangs.
@@ -86,8 +85,7 @@ async def test_waiters_fail_when_the_server_stays_down(server: Server, connect: 
     holder, other = connect(server.url), connect(server.url, socket_timeout=0.5)
     await holder.acquire("gone", lease_ttl=1.0)
     waiter = start(other.acquire("gone", lease_ttl=1.0))
-    while (await other.inspect("gone")).waiting != 1:
-        await asyncio.sleep(0.005)
+    await until_waiting(other, "gone", 1)
     server.kill()
     with pytest.raises(BackendError):
         await asyncio.wait_for(waiter, 15)
@@ -103,24 +101,6 @@ async def test_refused_connection_raises_backend_error_quickly(connect: Connect)
         await coord.acquire("k")
     assert time.monotonic() - began < 2
     assert isinstance(caught.value.__cause__, RedisError | OSError)
-
-
-@contextlib.asynccontextmanager
-async def silent_server() -> AsyncIterator[int]:
-    """A TCP server that accepts connections and never answers; yields its port."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    srv = await asyncio.start_server(accept, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        for writer in held:
-            writer.close()
-        await srv.wait_closed()
 
 
 async def test_silent_server_raises_backend_error_within_socket_timeout(connect: Connect) -> None:

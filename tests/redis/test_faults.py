@@ -23,6 +23,7 @@ from agentlocks import AcquireTimeout, AgentLocksError, BackendError, Coordinato
 from agentlocks.backends.redis import RedisBackend
 from agentlocks.backends.redis._scripts import generation_key, lock_keys
 from tests.support.proxy import PartitionProxy
+from tests.support.waiting import until_waiting as waiting
 
 from .conftest import Connect, start
 from .test_processes import read_line, spawn, stop
@@ -31,22 +32,6 @@ from .test_processes import read_line, spawn, stop
 def port_of(url: str) -> int:
     """The TCP port of a ``redis://host:port/db`` URL."""
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
-
-
-async def until(condition: Any, seconds: float = 10.0) -> None:
-    """Poll the async ``condition()`` every 5 ms until it is true (fail after ``seconds``)."""
-    async with asyncio.timeout(seconds):
-        while not await condition():
-            await asyncio.sleep(0.005)
-
-
-async def waiting(coord: Coordinator, key: str, count: int) -> None:
-    """Wait until ``count`` requests wait on ``key``."""
-
-    async def check() -> bool:
-        return (await coord.inspect(key)).waiting == count
-
-    await until(check)
 
 
 def redis_of(coord: Coordinator) -> RedisBackend:

@@ -14,6 +14,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from agentlocks.backends.redis._scripts import lock_keys
+from tests.support.waiting import until_waiting
 
 from .conftest import Connect, start
 
@@ -87,8 +88,7 @@ async def test_killed_holder_process_hands_over_within_its_lease(
         dead_token = int(line.split()[1])
         coord = connect(lease_ttl=lease_ttl)
         waiter = start(coord.acquire("crash", timeout=30))
-        while (await coord.inspect("crash")).waiting != 1:
-            await asyncio.sleep(0.005)
+        await until_waiting(coord, "crash", 1)
         h_key = lock_keys(namespace, "l:crash")[0].decode()
         ((_, expiry_ms),) = await raw.zrange(h_key, 0, -1, withscores=True)
         killed = time.monotonic()
@@ -113,11 +113,9 @@ async def test_killed_waiter_process_does_not_stall_the_queue(
     holder = await coord.acquire("stall")
     dead = spawn("wait", redis_url, namespace, "stall", 1.0)
     try:
-        while (await coord.inspect("stall")).waiting != 1:
-            await asyncio.sleep(0.005)
+        await until_waiting(coord, "stall", 1)
         survivor = start(coord.acquire("stall", timeout=30))
-        while (await coord.inspect("stall")).waiting != 2:
-            await asyncio.sleep(0.005)
+        await until_waiting(coord, "stall", 2)
         dead.send_signal(signal.SIGKILL)
         dead.wait(10)
         await holder.release()

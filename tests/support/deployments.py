@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.servers import free_port
+
 __all__ = [
     "ClusterDeployment",
     "DeploymentError",
@@ -54,12 +56,7 @@ def redis_binaries() -> tuple[str, str]:
 
 def _free_port() -> int:
     # At most 55535: a cluster node also listens on its port + 10000 (the cluster bus).
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port <= 55535:
-            return port
+    return free_port(highest=55535)
 
 
 def command(port: int, *words: str, timeout: float = 2.0) -> str:

@@ -18,8 +18,9 @@ import contextlib
 import socket
 import struct
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 __all__ = ["PartitionProxy"]
 
@@ -31,6 +32,7 @@ class PartitionProxy:
         self._target = (target_host, target_port)
         self._dropping = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # ours, strongly referenced
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="partition-proxy", daemon=True)
@@ -86,19 +88,41 @@ class PartitionProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
-        # A connection accepted while the shutdown ran starts its task after the shutdown's
-        # sweep: sweep again before closing, or the task would be left pending and its
-        # ``finally`` would run at garbage collection, on a closed loop.
-        self._loop.run_until_complete(_cancel_others())
+        # Sweep again before closing: nothing may be left pending on a closed loop (a task's
+        # ``finally`` would run at garbage collection) or open (an unclosed socket).
+        self._loop.run_until_complete(self._sweep())
         self._loop.close()
 
     async def _shutdown(self) -> None:
+        # Connections the server already accepted get their transport first: asyncio (3.11)
+        # makes it in a task of its own, and one that runs after close() fails and never
+        # closes its socket. No loop turn separates the wait from close(): nothing new starts.
+        await self._others()
         if self._server is not None:
             self._server.close()
         self._reset_all()
         if self._server is not None:
             await self._server.wait_closed()
-        await _cancel_others()
+        await self._sweep()
+
+    async def _others(self) -> None:
+        """Wait (at most 5 s) for the loop's tasks that are not ours: asyncio's accepts."""
+        current = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not current and t not in self._tasks]
+        if others:
+            await asyncio.wait(others, timeout=5)
+
+    async def _sweep(self) -> None:
+        """End every connection: cancel the forwarding tasks, then reset what is left."""
+        while self._tasks:
+            ours = list(self._tasks)
+            for task in ours:
+                task.cancel()
+            await asyncio.gather(*ours, return_exceptions=True)
+            await self._others()  # not cancelled: a cancelled accept leaks its socket
+        # A _forward task cancelled before its first step never ran its ``finally``.
+        self._reset_all()
+        await asyncio.sleep(0)  # the aborted transports close their sockets on the next turn
 
     def _reset_all(self) -> None:
         for writer in list(self._writers):
@@ -109,17 +133,33 @@ class PartitionProxy:
             writer.transport.abort()
         self._writers.clear()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain function, so the server calls it as the connection is made: the transport
+        # is tracked before its task exists. A task cancelled before its first step (a
+        # shutdown's sweep reaching a connection accepted meanwhile) never runs its
+        # ``finally``; _reset_all after the sweep closes what it would have.
+        self._writers.add(writer)
+        self._spawn(self._forward(reader, writer))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of ours (the sweep cancels it; _others does not wait for it)."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Every transport is tracked from the start and aborted on any way out (a connect
         # that fails, a shutdown cancelling this task half-way): nothing is left unclosed.
-        self._writers.add(writer)
         up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
             self._writers.add(up_writer)
-            await asyncio.gather(
-                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
-            )
+            pumps = [
+                self._spawn(self._pump(reader, up_writer)),
+                self._spawn(self._pump(up_reader, writer)),
+            ]
+            await asyncio.gather(*pumps, return_exceptions=True)
         except OSError:
             pass
         finally:
@@ -145,11 +185,3 @@ class PartitionProxy:
                 await asyncio.sleep(self.delay)
             writer.write(data)
             await writer.drain()
-
-
-async def _cancel_others() -> None:
-    """Cancel and await every other task of the running loop, until none is left."""
-    while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -6,12 +6,16 @@ message, the tool answers, the model answers the user. :class:`ScriptedChatModel
 refuses a history holding an unanswered tool call with LangGraph's ``INVALID_CHAT_HISTORY``
 error, exactly as LangGraph's prebuilt agent does (and as providers answer 400): a thread whose
 checkpoint lost a ``ToolMessage`` is wedged.
+
+The test suite runs this same agent (``tests/langgraph/_graphs.py``): ``tool_delay`` may
+depend on the query and ``entered`` reports each model and tool call as it begins, so a test
+can time a drain or a cancel against them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -76,13 +80,30 @@ class ScriptedChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
 
 
-def build_agent(checkpointer: BaseCheckpointSaver[Any], *, think: float, tool_delay: float) -> Any:
-    """Compile the agent graph on ``checkpointer`` (model -> tools -> model -> end)."""
+def build_agent(
+    checkpointer: BaseCheckpointSaver[Any] | None,
+    *,
+    think: float,
+    tool_delay: float | Callable[[str], float],
+    entered: Callable[[str], None] | None = None,
+) -> Any:
+    """Compile the agent graph on ``checkpointer`` (model -> tools -> model -> end).
+
+    Args:
+        checkpointer: Where the graph keeps its threads (``None``: no persistence).
+        think: Seconds each model call takes.
+        tool_delay: Seconds each ``lookup`` call takes, or a function of its query that
+            returns them.
+        entered: Called with ``"model"`` or ``"tool"`` as each call begins (tests use it to
+            know a call is in flight).
+    """
     model = ScriptedChatModel(think=think)
 
     async def lookup(query: str) -> str:
         """Look ``query`` up (scripted: a delay, then a canned result)."""
-        await asyncio.sleep(tool_delay)
+        if entered is not None:
+            entered("tool")
+        await asyncio.sleep(tool_delay(query) if callable(tool_delay) else tool_delay)
         return f"result for {query}"
 
     tool = StructuredTool.from_function(coroutine=lookup, name="lookup")
@@ -97,6 +118,8 @@ def build_agent(checkpointer: BaseCheckpointSaver[Any], *, think: float, tool_de
                     error_code=ErrorCode.INVALID_CHAT_HISTORY,
                 )
             )
+        if entered is not None:
+            entered("model")
         return {"messages": [await model.ainvoke(state["messages"])]}
 
     builder = StateGraph(MessagesState)

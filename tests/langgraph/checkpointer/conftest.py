@@ -1,10 +1,12 @@
-"""Shared LangGraph fixtures: a coordinator per backend, savers on the rig's servers."""
+"""Checkpointer fixtures: a coordinator per backend, savers on the rig's servers.
+
+``thread_id`` is tests/langgraph/conftest.py's; the savers are ``_graphs.open_saver``'s.
+"""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest_asyncio
 import agentlocks
 from agentlocks import Coordinator
 from tests.conftest import backend_url_for
+from tests.langgraph._graphs import open_saver
 
 pytest.importorskip("langgraph.checkpoint.base")
 
@@ -41,42 +44,19 @@ def coord_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest_asyncio.fixture
-async def coord(coord_url: str) -> AsyncIterator[Coordinator]:
+async def coord(coord_url: str, namespace: str) -> AsyncIterator[Coordinator]:
     """A coordinator on ``coord_url`` in a namespace no other test uses."""
-    async with agentlocks.connect(coord_url, namespace=f"lg-{uuid.uuid4().hex[:12]}") as c:
+    async with agentlocks.connect(coord_url, namespace=namespace) as c:
         yield c
-
-
-@pytest.fixture
-def thread_id() -> str:
-    """A thread id no other test uses (the savers' tables are shared between tests)."""
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
 def make_saver(tmp_path: Path) -> MakeSaver:
     """Open a saver of a kind: ``memory``, ``sqlite`` (a file in tmp_path), ``postgres``."""
 
-    @asynccontextmanager
-    async def make(kind: str) -> AsyncIterator[Any]:
-        if kind == "memory":
-            from langgraph.checkpoint.memory import InMemorySaver
-
-            yield InMemorySaver()
-        elif kind == "sqlite":
-            from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-            async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "cp.sqlite")) as saver:
-                yield saver
-        elif kind == "postgres":
-            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-            url = backend_url_for("postgresql")
-            async with AsyncPostgresSaver.from_conn_string(url) as saver:
-                await saver.setup()
-                yield saver
-        else:  # pragma: no cover - a typo in a test
-            raise ValueError(kind)
+    def make(kind: str) -> AbstractAsyncContextManager[Any]:
+        pg_url = backend_url_for("postgresql") if kind == "postgres" else None
+        return open_saver(kind, tmp_path, pg_url)
 
     return make
 
