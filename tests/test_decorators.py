@@ -6,13 +6,10 @@ import asyncio
 import functools
 import inspect
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 import agentlocks
 from agentlocks import (
@@ -26,23 +23,10 @@ from agentlocks import (
     Unavailable,
 )
 from agentlocks.decorators import Backpressure, Serialized
-from tests.conftest import BACKENDS, backend_url_for
+from tests.support.waiting import until_waiting
 
 #: Bound for "it did not hang": far above any expected time, far below the test timeout.
 NO_HANG = 20.0
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """The URL of one backend from the table (skipped if its server is not up)."""
-    return backend_url_for(request.param)
-
-
-@pytest_asyncio.fixture
-async def coord(backend_url: str) -> AsyncIterator[Coordinator]:
-    """A coordinator on the backend under test, in a namespace no other test uses."""
-    async with agentlocks.connect(backend_url, namespace=f"deco-{uuid.uuid4().hex[:12]}") as c:
-        yield c
 
 
 @pytest.fixture
@@ -53,9 +37,7 @@ def memory() -> Coordinator:
 
 async def settle(coord: Coordinator, key: str, waiting: int, *, semaphore: bool = False) -> None:
     """Wait until ``waiting`` requests are queued on ``key`` (bounded by NO_HANG)."""
-    async with asyncio.timeout(NO_HANG):
-        while (await coord.inspect(key, semaphore=semaphore)).waiting != waiting:
-            await asyncio.sleep(0.002)
+    await until_waiting(coord, key, waiting, semaphore=semaphore, timeout=NO_HANG, interval=0.002)
 
 
 async def assert_idle(coord: Coordinator, key: str, *, semaphore: bool = False) -> None:

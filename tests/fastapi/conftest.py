@@ -1,40 +1,21 @@
-"""A real uvicorn server per test, on a free loopback port, and a coordinator per backend."""
+"""A real uvicorn server per test, on a free loopback port (coord: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import httpx
 import pytest
-import pytest_asyncio
 import uvicorn
 from starlette.types import ASGIApp
-
-import agentlocks
-from agentlocks import Coordinator
-from tests.conftest import BACKENDS, backend_url_for
 
 Serve = Callable[[ASGIApp], AbstractAsyncContextManager[httpx.AsyncClient]]
 
 #: Seconds an HTTP call may take before the client gives up: a hang fails, it never blocks.
 CLIENT_TIMEOUT = 20.0
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """The URL of one backend from the table (skipped if its server is not up)."""
-    return backend_url_for(request.param)
-
-
-@pytest_asyncio.fixture
-async def coord(backend_url: str) -> AsyncIterator[Coordinator]:
-    """A coordinator on the backend under test, in a namespace no other test uses."""
-    async with agentlocks.connect(backend_url, namespace=f"fastapi-{uuid.uuid4().hex[:12]}") as c:
-        yield c
 
 
 @asynccontextmanager
