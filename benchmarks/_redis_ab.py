@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,31 +117,6 @@ async def _child(url: str, n: int, repeats: int, waiters: int, trials: int, stag
 
 
 # --------------------------------------------------------------------------- parent
-@contextlib.contextmanager
-def _server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("no redis-server on PATH")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            for _ in range(200):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
 def _run_child(tree: Path, url: str, ns: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     args = [sys.executable, __file__, "--child", url, "--n", str(ns.n), "--repeats",
@@ -184,8 +154,12 @@ def main() -> int:
     if len(trees) < 2:
         parser.error("give at least two trees, name=path")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    # The parent only: a child imports nothing of this directory but this file (its tree's
+    # agentlocks may predate what redis_locks.py imports).
+    from redis_locks import redis_server
+
     load0 = os.getloadavg()
-    with _server() as url:
+    with redis_server(None) as url:
         for r in range(ns.rounds):
             k = r % len(trees)
             for name, path in [*trees[k:], *trees[:k]]:
