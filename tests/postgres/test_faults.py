@@ -216,6 +216,66 @@ async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -
             await coord.aclose()
 
 
+async def test_a_statement_waiting_in_the_server_keeps_its_session_and_leases(
+    connect: Connect, admin: asyncpg.Connection, namespace: str
+) -> None:
+    """A head swap stuck behind a row lock for 3 liveness intervals loses nothing.
+
+    The swap runs on the shared session that holds the lease, so the pings (the renewal's
+    and the lease's) queue behind it and miss their deadlines; the server says it is still
+    working on the statement, so the session is a healthy one and is kept.
+    """
+    coord = connect(liveness_interval=0.5, lease_ttl=1)
+    backend = _backend(coord)
+    lease = await coord.acquire("job")
+    await backend.swap_head("thread", "head", None, "h1", None, 60)  # the row exists
+    table = backend._sql.heads
+    async with admin.transaction():
+        await admin.execute(
+            f"SELECT 1 FROM {table} WHERE namespace = $1 AND resource = 'thread' FOR UPDATE",
+            namespace,
+        )
+        swap = asyncio.create_task(backend.swap_head("thread", "head", "h1", "h2", None, 60))
+        await asyncio.sleep(1.5)  # three intervals, a lease and a half
+        assert not swap.done() and not lease.lost
+    assert (await asyncio.wait_for(swap, 5)).outcome == "swapped"
+    await lease.verify()
+    assert not lease.lost
+    await lease.release()
+
+
+async def test_a_release_queued_behind_a_slow_statement_is_still_a_holder(
+    connect: Connect, admin: asyncpg.Connection, namespace: str
+) -> None:
+    """Until its unlock reaches the server, a released lock is reported held, then free.
+
+    The unlock queues on the holder's shared session behind a head swap stuck on a row
+    lock, while another shared session is free: inspect() must not say "free" (and a try
+    then fail) before the server has let go.
+    """
+    coord = connect(liveness_interval=5)
+    backend = _backend(coord)
+    lease = await coord.acquire("job")
+    await backend.swap_head("thread", "head", None, "h1", None, 60)  # the row exists
+    table = backend._sql.heads
+    async with admin.transaction():
+        await admin.execute(
+            f"SELECT 1 FROM {table} WHERE namespace = $1 AND resource = 'thread' FOR UPDATE",
+            namespace,
+        )
+        swap = asyncio.create_task(backend.swap_head("thread", "head", "h1", "h2", None, 60))
+        await asyncio.sleep(0.1)
+        release = asyncio.create_task(lease.release())
+        await asyncio.sleep(0.1)
+        assert (await coord.inspect("job")).held  # on another shared session
+        with pytest.raises(Busy):
+            await coord.acquire("job", wait=False)
+        assert not release.done()
+    await asyncio.wait_for(asyncio.gather(swap, release), 5)
+    assert not (await coord.inspect("job")).held
+    await (await coord.acquire("job", wait=False)).release()
+
+
 async def test_healthy_semaphore_head_keeps_its_place_across_several_server_leases(
     connect: Connect,
 ) -> None:

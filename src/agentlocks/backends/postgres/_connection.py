@@ -29,8 +29,8 @@ class Session:
     """One connection and the grants whose advisory locks it holds."""
 
     __slots__ = (
-        "closing", "coalescer", "conn", "dead", "gate_lease", "grants", "guc", "idle_timeout",
-        "last_ok", "lock", "on_close", "pending", "pid", "pinging", "shared",
+        "closing", "coalescer", "confirmed_at", "conn", "dead", "gate_lease", "grants", "guc",
+        "idle_timeout", "last_ok", "lock", "on_close", "pending", "pid", "pinging", "shared",
     )  # fmt: skip
 
     def __init__(
@@ -53,7 +53,9 @@ class Session:
         self.grants: set[Grant] = set()
         self.dead = False
         self.closing = False  # we are closing it on purpose: not a loss
-        self.last_ok = time.monotonic()
+        self.last_ok = time.monotonic()  # when a statement last finished on it
+        # When the server last said it was working for this session (``Liveness._watch``).
+        self.confirmed_at = 0.0
         self.on_close: Callable[[Any], None] | None = None
         # The server-side lease (seconds of idleness after which the server ends the
         # session; 0: none) and the setting that holds it on this server.

@@ -344,19 +344,25 @@ class Grants:
             hold.holders.discard(grant)
         session = hold.session
         session.grants.discard(grant)
-        self._states.forget_holder(grant)
-        if session.dead:
-            return False  # the server released it with the connection
-        if hold.kind is Kind.SHARED_SESSION:
-            assert session.coalescer is not None
-            with self._mapped:
-                try:
-                    return await session.coalescer.release_now(hold.key, grant.shared)
-                except DRIVER_ERRORS:
-                    if session.dead or session.conn.is_closed():
-                        return False
-                    raise
-        return await finish(self._unlock(grant, hold, session))
+        # Invariant: the grant stays among its key's holders until the server has let go
+        # of the lock (or the connection went): until then inspect() reports it held and a
+        # try of the key is refused here, as the server would refuse it (a try on another
+        # shared session can overtake an unlock still queued on this one).
+        try:
+            if session.dead:
+                return False  # the server released it with the connection
+            if hold.kind is Kind.SHARED_SESSION:
+                assert session.coalescer is not None
+                with self._mapped:
+                    try:
+                        return await session.coalescer.release_now(hold.key, grant.shared)
+                    except DRIVER_ERRORS:
+                        if session.dead or session.conn.is_closed():
+                            return False
+                        raise
+            return await finish(self._unlock(grant, hold, session))
+        finally:
+            self._states.forget_holder(grant)
 
     async def _unlock(self, grant: Grant, hold: Hold, session: Session) -> bool:
         """Unlock a slot or a pinned grant; a pinned spare goes back clean, or is closed."""

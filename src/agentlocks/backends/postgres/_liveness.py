@@ -18,6 +18,16 @@ the server before the holder counts it lost).
 Pings are never cancelled (a cancel request can land on a later lock statement of the
 connection): each runs in a supervised task of its own, and a caller that stops waiting
 (a renewal past its deadline) leaves it to finish or to drop its session.
+
+"Does not answer" is judged with the server's help. A ping can queue behind a statement
+that is slow for good reasons: a head swap waiting on a row lock, a commit waiting on a
+busy disk, a server short of CPU. So a late ping does not drop its session by itself:
+once the session has answered nothing for half an interval, the server is asked on
+another connection (``Sessions.server_state``) whether it is still working for that
+session. ``active`` keeps it (asked again every half interval); anything else (idle: the
+answer was sent and never arrived, or the request never came) or no reply within half an
+interval (the server is unreachable, or frozen) drops it. A silent partition so costs a
+ping's due time plus about one interval, as before; a busy server costs nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Iterable
 
 from agentlocks._tasks import TaskSupervisor
@@ -50,6 +61,8 @@ class Liveness:
         self._interval = interval
         self._tasks = tasks
         self._task: asyncio.Task[None] | None = None
+        # Set (and replaced) whenever a watchdog finds a session alive in the server.
+        self._confirmed = asyncio.Event()
 
     def watch(self) -> None:
         """Make sure the loop runs (a session opened, or a grant was recorded)."""
@@ -74,12 +87,11 @@ class Liveness:
                 quiet = now - session.last_ok
                 held = bool(session.grants) and quiet >= self._interval / 2
                 lease = session.idle_timeout > 0 and quiet >= session.idle_timeout / 3
-                # Not while a statement runs on a spare: that statement keeps the server's
-                # idle clock still, and a ping queued behind a long wait would time out and
-                # drop a healthy waiter. A shared session's statements never wait in the
-                # server, so one still running when a ping is due means a connection cut
-                # off silently: the ping queued behind it drops it at its deadline, and the
-                # statement (a fast path, a release) fails instead of hanging for good.
+                # Not while a statement runs on a spare: that statement (a wait in the
+                # server's lock queue) keeps the server's idle clock still. A shared
+                # session is pinged even then: its statement may hang on a connection cut
+                # off silently, and the ping's watchdog (``_watch``) ends it, while a
+                # statement the server is still working on keeps the session.
                 running = session.pending > 0 and not session.shared
                 busy = running or session.pinging is not None
                 if (held or lease) and not session.dead and not busy:
@@ -91,10 +103,21 @@ class Liveness:
         return self._tasks.spawn(self._ping(session), name=f"postgres ping pid={session.pid}")
 
     async def renew(self, sessions: Iterable[Session]) -> None:
-        """Ping each session now and wait for the answers (cancelling stops the wait only)."""
-        pings = [self.ping(s) for s in sessions if not s.dead]
-        if pings:
-            await asyncio.wait(pings)
+        """Ping each session now and wait for the answers (cancelling stops the wait only).
+
+        A session whose ping queues behind a statement the server is still working on is
+        proven alive by the watchdog's question instead (``_watch``): a live server
+        session keeps its advisory locks, and the question was asked after this call began.
+        """
+        started = time.monotonic()
+        pings = {s: self.ping(s) for s in sessions if not s.dead}
+        while pings:
+            confirmed = asyncio.ensure_future(self._confirmed.wait())
+            try:
+                await asyncio.wait([*pings.values(), confirmed], return_when=FIRST_COMPLETED)
+            finally:
+                confirmed.cancel()
+            pings = {s: p for s, p in pings.items() if not p.done() and s.confirmed_at < started}
 
     async def raise_lease(self, session: Session) -> None:
         """Raise ``session``'s server-side lease to what a new grant needs, before use."""
@@ -103,11 +126,20 @@ class Liveness:
 
     async def _ping(self, session: Session) -> None:
         want = self.lease_for(session)
-        # Not cancelled on timeout (see Session.run): the session is dropped instead, which
-        # ends the statement with the connection.
-        timer = asyncio.get_running_loop().call_later(
-            self._interval, self._drop, session, "no answer in time"
-        )
+        sent = time.monotonic()
+        # Not cancelled on timeout (see Session.run): the watchdog drops the session
+        # instead, which ends the statement with the connection. It starts from a timer as
+        # a task, so it first runs after the answers already read in that loop turn have
+        # reached their statements (a stalled loop runs due timers right after reading).
+        watchdogs: list[asyncio.Task[None]] = []
+
+        def overdue() -> None:
+            if not self._tasks.closed:
+                watch = self._watch(session, sent)
+                name = f"postgres liveness watchdog pid={session.pid}"
+                watchdogs.append(self._tasks.spawn(watch, name=name))
+
+        timer = asyncio.get_running_loop().call_later(self._interval / 2, overdue)
         try:
             row = await session.execute(self._ping_sql, session.guc, timeout_ms(want))
             session.check_pid(row[0])
@@ -116,8 +148,49 @@ class Liveness:
             self._drop(session, exc)
         finally:
             timer.cancel()
+            for watch in watchdogs:
+                watch.cancel()
             if session.pinging is asyncio.current_task():
                 session.pinging = None
+
+    async def _watch(self, session: Session, sent: float) -> None:
+        """Drop ``session`` once it is silent and the server is not working for it.
+
+        Silent: no statement of the session has finished for half an interval, counted
+        from the ping at the earliest. Cancelled as soon as the ping answers.
+        """
+        half = self._interval / 2
+        while not session.dead:
+            silent = time.monotonic() - max(session.last_ok, sent)
+            if silent < half:
+                await asyncio.sleep(half - silent)
+                continue
+            asked = time.monotonic()
+            state = await self._server_state(session, half)
+            if session.last_ok >= asked:
+                continue  # it answered meanwhile
+            if state != "active":
+                self._drop(session, f"no answer in time (server: {state})")
+                return
+            # The server works for it: it is alive (renewals waiting on it may go on); ask
+            # again later.
+            session.confirmed_at = asked
+            self._confirmed.set()
+            self._confirmed = asyncio.Event()
+            await asyncio.sleep(half)
+
+    async def _server_state(self, session: Session, within: float) -> str:
+        """What the server does for ``session``, or why that is unknown, within ``within``."""
+        ask = asyncio.ensure_future(self._sessions.server_state(session))
+        # Left running if late (an unreachable server): its statement or connection attempt
+        # ends with its own session, or with ``connect_timeout``.
+        done, _ = await asyncio.wait({ask}, timeout=within)
+        if not done:
+            ask.add_done_callback(_consume)
+            return "unreachable"
+        if ask.exception() is not None:
+            return f"unreachable, {ask.exception()}"
+        return ask.result() or "no such session"
 
     def _drop(self, session: Session, reason: object) -> None:
         if not session.dead and not session.closing:
@@ -126,3 +199,9 @@ class Liveness:
 
     async def aclose(self) -> None:
         """Nothing to do: the supervisor ends the loop and the pings."""
+
+
+def _consume(task: asyncio.Future[str | None]) -> None:
+    """Retrieve a late question's outcome, so that asyncio logs no unretrieved error."""
+    if not task.cancelled():
+        task.exception()

@@ -294,6 +294,31 @@ class Sessions:
             session.closing = True
         await finish(self._close_conn(session.conn, session))
 
+    async def server_state(self, session: Session) -> str | None:
+        """``pg_stat_activity.state`` of ``session``'s server process, asked elsewhere.
+
+        On an idle shared session other than ``session``, or else on a connection opened
+        (or borrowed) for the question and closed again. None: the server has no such
+        process. Unbounded by itself: the caller bounds the wait (``Liveness``).
+        """
+        sql = self._sql.backend_state
+        other = next(
+            (s for s in self._shared if s is not session and not s.dead and s.pending == 0),
+            None,
+        )
+        if other is not None:
+            row = await other.run(sql, session.pid)
+            return None if row is None else str(row[0])
+        if self._pool is not None:
+            conn = await self._pool.acquire()
+        else:
+            conn = await self._connect_direct()
+        try:
+            state = await conn.fetchval(sql, session.pid)
+        finally:
+            await self._close_conn(conn)
+        return None if state is None else str(state)
+
     def kill(self, session: Session) -> None:
         """Drop a connection at once (its locks are released by the server)."""
         session.conn.terminate()

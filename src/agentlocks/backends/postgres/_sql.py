@@ -225,6 +225,9 @@ class Sql:
         # Liveness ping; also renews the session's server-side lease: $1 the setting,
         # $2 its value in ms (the idle clock restarts with every statement anyway).
         self.ping = "SELECT pg_backend_pid(), set_config($1::text, $2::text, false)"
+        # What the server is doing for session $1 ('active': running a statement, waiting
+        # on a lock included), asked on another connection (``Liveness``); no row: gone.
+        self.backend_state = "SELECT state FROM pg_stat_activity WHERE pid = $1"
         self.holds = (
             "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND granted"
             " AND locktype = 'advisory' AND objsubid = 1"
