@@ -219,12 +219,10 @@ async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -
 async def test_a_statement_waiting_in_the_server_keeps_its_session_and_leases(
     connect: Connect, admin: asyncpg.Connection, namespace: str
 ) -> None:
-    """A head swap stuck behind a row lock for 3 liveness intervals loses nothing.
-
-    The swap runs on the shared session that holds the lease, so the pings (the renewal's
-    and the lease's) queue behind it and miss their deadlines; the server says it is still
-    working on the statement, so the session is a healthy one and is kept.
-    """
+    """A head swap stuck behind a row lock for 3 liveness intervals loses nothing."""
+    # The swap runs on the shared session that holds the lease, so the pings (the
+    # renewal's and the lease's) queue behind it and miss their deadlines; the server says
+    # it is still working on the statement: a healthy session, kept with its lease.
     coord = connect(liveness_interval=0.5, lease_ttl=1)
     backend = _backend(coord)
     lease = await coord.acquire("job")
@@ -247,12 +245,10 @@ async def test_a_statement_waiting_in_the_server_keeps_its_session_and_leases(
 async def test_a_release_queued_behind_a_slow_statement_is_still_a_holder(
     connect: Connect, admin: asyncpg.Connection, namespace: str
 ) -> None:
-    """Until its unlock reaches the server, a released lock is reported held, then free.
-
-    The unlock queues on the holder's shared session behind a head swap stuck on a row
-    lock, while another shared session is free: inspect() must not say "free" (and a try
-    then fail) before the server has let go.
-    """
+    """Until its unlock reaches the server, a released lock is reported held, then free."""
+    # The unlock queues on the holder's shared session behind a head swap stuck on a row
+    # lock, while another shared session is free: inspect() must not say "free" (and a
+    # try then fail) before the server has let go.
     coord = connect(liveness_interval=5)
     backend = _backend(coord)
     lease = await coord.acquire("job")

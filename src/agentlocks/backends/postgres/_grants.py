@@ -303,7 +303,9 @@ class Grants:
                     self._sql.take_slots, keys.slot_base, request.capacity, held,
                     1 + len(batch),
                 )  # fmt: skip
-                if grant is None:
+                if grant is not None:
+                    request.waiting = False  # a holder now, leaving the gate (inspect)
+                else:
                     # Pushed by NOTIFY; the timeout only covers a holder that died silently.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(released.wait(), self._interval)

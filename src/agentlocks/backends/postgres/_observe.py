@@ -70,13 +70,20 @@ def snapshot(
     if state is not None:
         waiting += len(state.queue) + len(state.batch)
         for request in state.deciders():
-            if not request.waiting or request.session is None:
+            if not request.waiting:
                 continue
-            # Counted once the server has its request: queued, or (semaphores) holding
-            # the gate while it waits for a slot. On its way there, it is not yet.
+            if request.session is None:
+                # On its way to the server queue (its try failed, or it came from the
+                # local queue): no row shows it yet, but it waits all the same.
+                waiting += 1
+                continue
+            # On its spare: counted unless the server granted it (then it is a holder,
+            # or about to be recorded as one). Its rows say: queued, or (semaphores)
+            # holding the gate while it waits for a slot; no row yet: its statement is on
+            # its way. (A semaphore head that took its slot is no longer ``waiting``.)
             pid = request.session.pid
-            waiting += any(
-                r["pid"] == pid and (not r["granted"] or (semaphore and r["key"] == keys.gate))
-                for r in rows
+            its_rows = [r for r in rows if r["pid"] == pid]
+            waiting += not its_rows or any(
+                not r["granted"] or (semaphore and r["key"] == keys.gate) for r in its_rows
             )
     return tuple(holders), waiting

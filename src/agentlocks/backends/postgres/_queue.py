@@ -242,6 +242,9 @@ class KeyState:
             changed = True
             if following.turn is not None and not following.turn.done():
                 self.active = following
+                # It has waited and still does, on its way to the server queue: counted
+                # as waiting from the local queue to the server's (inspect, max_waiting).
+                following.waiting = True
                 following.turn.set_result(None)
         if changed:
             self.changed()
