@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -216,6 +218,25 @@ async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -
             await coord.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _swap_stuck_on_a_row_lock(
+    backend: PostgresBackend, admin: asyncpg.Connection, namespace: str
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """A head swap on a shared session, waiting in the server until the block ends.
+
+    ``admin`` holds the head row ``FOR UPDATE`` in a transaction; the swap (the task
+    yielded) waits for that row lock and goes on once the transaction ends on exit.
+    """
+    await backend.swap_head("thread", "head", None, "h1", None, 60)  # the row exists
+    async with admin.transaction():
+        await admin.execute(
+            f"SELECT 1 FROM {backend._sql.heads} WHERE namespace = $1 AND resource = 'thread'"
+            " FOR UPDATE",
+            namespace,
+        )
+        yield asyncio.create_task(backend.swap_head("thread", "head", "h1", "h2", None, 60))
+
+
 async def test_a_statement_waiting_in_the_server_keeps_its_session_and_leases(
     connect: Connect, admin: asyncpg.Connection, namespace: str
 ) -> None:
@@ -224,16 +245,8 @@ async def test_a_statement_waiting_in_the_server_keeps_its_session_and_leases(
     # renewal's and the lease's) queue behind it and miss their deadlines; the server says
     # it is still working on the statement: a healthy session, kept with its lease.
     coord = connect(liveness_interval=0.5, lease_ttl=1)
-    backend = _backend(coord)
     lease = await coord.acquire("job")
-    await backend.swap_head("thread", "head", None, "h1", None, 60)  # the row exists
-    table = backend._sql.heads
-    async with admin.transaction():
-        await admin.execute(
-            f"SELECT 1 FROM {table} WHERE namespace = $1 AND resource = 'thread' FOR UPDATE",
-            namespace,
-        )
-        swap = asyncio.create_task(backend.swap_head("thread", "head", "h1", "h2", None, 60))
+    async with _swap_stuck_on_a_row_lock(_backend(coord), admin, namespace) as swap:
         await asyncio.sleep(1.5)  # three intervals, a lease and a half
         assert not swap.done() and not lease.lost
     assert (await asyncio.wait_for(swap, 5)).outcome == "swapped"
@@ -250,16 +263,8 @@ async def test_a_release_queued_behind_a_slow_statement_is_still_a_holder(
     # lock, while another shared session is free: inspect() must not say "free" (and a
     # try then fail) before the server has let go.
     coord = connect(liveness_interval=5)
-    backend = _backend(coord)
     lease = await coord.acquire("job")
-    await backend.swap_head("thread", "head", None, "h1", None, 60)  # the row exists
-    table = backend._sql.heads
-    async with admin.transaction():
-        await admin.execute(
-            f"SELECT 1 FROM {table} WHERE namespace = $1 AND resource = 'thread' FOR UPDATE",
-            namespace,
-        )
-        swap = asyncio.create_task(backend.swap_head("thread", "head", "h1", "h2", None, 60))
+    async with _swap_stuck_on_a_row_lock(_backend(coord), admin, namespace) as swap:
         await asyncio.sleep(0.1)
         release = asyncio.create_task(lease.release())
         await asyncio.sleep(0.1)
