@@ -218,6 +218,34 @@ async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -
             await coord.aclose()
 
 
+def _liveness_questions() -> list[asyncio.Task[Any]]:
+    """Tasks asking the server what it does for a silent session (``Liveness``)."""
+    names = {"Sessions.server_state", "Liveness._ask"}
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ in names]
+
+
+async def test_a_late_liveness_question_ends_with_the_coordinator(pg_url: str) -> None:
+    """A server-state question left unanswered by a partition is cancelled by aclose()."""
+    port = urlsplit(pg_url).port
+    assert port is not None
+    with PartitionProxy(port) as proxy:
+        coord = agentlocks.connect(
+            proxy.url_for(pg_url), namespace=f"pgtest-{uuid.uuid4().hex[:12]}", lease_ttl=1,
+            liveness_interval=2,
+        )  # fmt: skip
+        try:
+            await coord.acquire("held")  # pinged: its session's silence is noticed
+            proxy.partition()
+            deadline = time.monotonic() + 10
+            while not _liveness_questions():
+                assert time.monotonic() < deadline, "no liveness question was asked"
+                await asyncio.sleep(0.05)
+        finally:
+            await asyncio.wait_for(coord.aclose(), 15)
+            proxy.cut()
+        assert all(t.done() for t in _liveness_questions()), "a question outlived aclose()"
+
+
 @contextlib.asynccontextmanager
 async def _swap_stuck_on_a_row_lock(
     backend: PostgresBackend, admin: asyncpg.Connection, namespace: str

@@ -181,16 +181,18 @@ class Liveness:
 
     async def _server_state(self, session: Session, within: float) -> str:
         """What the server does for ``session``, or why that is unknown, within ``within``."""
-        ask = asyncio.ensure_future(self._sessions.server_state(session))
-        # Left running if late (an unreachable server): its statement or connection attempt
-        # ends with its own session, or with ``connect_timeout``.
+        # Supervised, and left running if late (an unreachable server): its statement or
+        # connection attempt ends with its own session, with ``connect_timeout``, or when
+        # the coordinator closes (the supervisor cancels it). Its failures are answers.
+        ask = self._tasks.spawn(self._ask(session), name=f"postgres state pid={session.pid}")
         done, _ = await asyncio.wait({ask}, timeout=within)
-        if not done:
-            ask.add_done_callback(_consume)
-            return "unreachable"
-        if ask.exception() is not None:
-            return f"unreachable, {ask.exception()}"
-        return ask.result() or "no such session"
+        return ask.result() if done else "unreachable"
+
+    async def _ask(self, session: Session) -> str:
+        try:
+            return await self._sessions.server_state(session) or "no such session"
+        except Exception as exc:  # driver errors: the state is unknown, and why says so
+            return f"unreachable, {exc}"
 
     def _drop(self, session: Session, reason: object) -> None:
         if not session.dead and not session.closing:
@@ -199,9 +201,3 @@ class Liveness:
 
     async def aclose(self) -> None:
         """Nothing to do: the supervisor ends the loop and the pings."""
-
-
-def _consume(task: asyncio.Future[str | None]) -> None:
-    """Retrieve a late question's outcome, so that asyncio logs no unretrieved error."""
-    if not task.cancelled():
-        task.exception()
