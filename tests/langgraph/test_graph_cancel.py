@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -53,3 +54,23 @@ async def test_run_cancelled_during_its_tool_call_leaves_no_dangling_call(
     assert len(closed) == 1  # run 1's call, answered "interrupted", not run again
     assert messages[-1].content == "answer to msg-2"
     assert not (await coord.inspect(f"langgraph:{thread}")).held
+
+
+async def test_closing_during_a_cancelled_runs_release_logs_no_failure(
+    coord: Coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aclose() while a cancelled run is still being released ends it with no error logged."""
+    in_tool = asyncio.Event()
+    raw = agent(
+        InMemorySaver(), tool_delay=30, entered=lambda what: what == "tool" and in_tool.set()
+    )
+    graph = guard_graph(raw, coord)
+    task = asyncio.create_task(graph.ainvoke(user(1), _config(f"t-{uuid.uuid4().hex[:8]}")))
+    await asyncio.wait_for(in_tool.wait(), 10)
+    task.cancel()  # its release (after closing the tool call) goes on in the background
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with caplog.at_level(logging.WARNING, logger="agentlocks"):
+        await coord.aclose()  # the coordinator ends that lease itself: nobody to tell
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failures, [r.getMessage() for r in failures]

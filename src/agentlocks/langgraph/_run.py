@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
-from agentlocks.errors import Busy, ConfigError, ThreadBusy
+from agentlocks.errors import Busy, ConfigError, LeaseLost, ThreadBusy
 
 from ._context import LEASE_KEY, lease_for, thread_key
 from ._controls import PARENT_CONTROL_KEY, DrainSignals, drain_module
@@ -77,19 +77,27 @@ def release_after(held: Held, *, first: Callable[[], Awaitable[None]] | None = N
     Used on cancellation: awaiting in a cancelled ``finally`` is re-cancelled by anyio and
     Starlette cancel scopes. The release is a task of the coordinator's supervisor, so a
     failure (a lost lease: guarantee 6) is logged on the ``agentlocks`` logger with the key
-    and token, and ``coord.aclose()`` ends it.
+    and token, and ``coord.aclose()`` ends it (then the lease it ended is not reported).
     """
+
+    coord = held.lease._coordinator
 
     async def end() -> None:
         try:
             if first is not None:
                 await first()
         finally:
-            await held.release()
+            try:
+                await held.release()
+            except LeaseLost:
+                if not coord.closed:
+                    raise  # the supervisor logs it, with key and token
+                # aclose() ended the lease itself (a loss before that was logged when it
+                # happened): a release in the background has nobody else to tell.
 
     # A closed coordinator refuses the task: it has ended every grant already.
     with contextlib.suppress(RuntimeError):
-        held.lease._coordinator._tasks.spawn(
+        coord._tasks.spawn(
             end(),
             name="LangGraph thread release after cancellation",
             key=held.lease.key,
