@@ -306,6 +306,19 @@ async def test_acquire_thread_holds_a_run_slot_until_the_stream_ends(
     assert not await is_held(memory_coord, thread_id)
 
 
+async def test_a_thread_lease_released_directly_gives_its_run_slot_back(
+    memory_coord: Coordinator, thread_id: str
+) -> None:
+    """An acquire_thread lease ended by lease.release() leaves no run slot taken for ever."""
+    graph = guard_graph(
+        chat_graph(InMemorySaver()), memory_coord, max_concurrent_runs=1, timeout=0.5
+    )
+    lease = await graph.acquire_thread(thread_id)
+    await lease.release()  # not release_thread: the guard still has its slot
+    await graph.ainvoke(user(1), cfg("other-thread"))  # the slot came back, no timeout
+    assert not graph._agentlocks_guard.slots  # nor a record of it
+
+
 async def test_bad_options_and_leases_are_refused(memory_coord: Coordinator) -> None:
     """Bad options are ConfigError before any I/O; stream_with wants its thread's held lease."""
     compiled = chat_graph(InMemorySaver())

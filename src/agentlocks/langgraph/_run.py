@@ -199,6 +199,8 @@ class Guard:
         if self.max_concurrent_runs is None:
             return held
         try:
+            if self.slots:
+                await self.return_orphaned_slots()
             held.slot = await self.coord.semaphore(
                 RUNS_SEMAPHORE, self.max_concurrent_runs, timeout=self._left(started)
             )
@@ -207,6 +209,19 @@ class Guard:
             await held.release()
             raise
         return held
+
+    async def return_orphaned_slots(self) -> None:
+        """Give back the run slots of ``acquire_thread`` leases that ended without them.
+
+        A lease released with ``lease.release()`` instead of ``release_thread`` (or lost)
+        would otherwise keep its run slot, renewed, for the life of the process: one run
+        fewer for everyone. Done before every slot is taken, so no request waits for one.
+        """
+        for lease in [lease for lease in self.slots if lease.released or lease.lost]:
+            slot = self.slots.pop(lease, None)  # None: a concurrent take gave it back
+            if slot is not None:
+                with contextlib.suppress(LeaseLost):  # lost too: nothing left to give back
+                    await slot.release()
 
     def _left(self, started: float) -> float | None:
         if self.timeout is None:
