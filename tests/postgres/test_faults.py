@@ -44,6 +44,20 @@ async def _lost_at(lease: Lease) -> float:
     return time.monotonic()
 
 
+def _proxy_for(pg_url: str) -> PartitionProxy:
+    """A partition proxy in front of the test server."""
+    port = urlsplit(pg_url).port
+    assert port is not None
+    return PartitionProxy(port)
+
+
+def _connect_short(url: str) -> agentlocks.Coordinator:
+    """A coordinator with a 1 s lease and a 2 s liveness interval, in a fresh namespace."""
+    return agentlocks.connect(
+        url, namespace=f"pgtest-{uuid.uuid4().hex[:12]}", lease_ttl=1, liveness_interval=2
+    )
+
+
 # -- 3. a silently cut-off holder loses its lock on the server within about lease_ttl ----------
 
 
@@ -56,9 +70,7 @@ async def test_silent_partition_frees_the_lock_on_the_server_within_lease_ttl(
     """Holder partitioned through a proxy: lost locally first, then the next client is granted."""
     # A fast-path holder, and one granted after waiting, on a connection of its own.
     other = connect(lease_ttl=ttl)
-    port = urlsplit(pg_url).port
-    assert port is not None
-    with PartitionProxy(port) as proxy:
+    with _proxy_for(pg_url) as proxy:
         holder = agentlocks.connect(proxy.url_for(pg_url), namespace=other.namespace, lease_ttl=ttl)
         try:
             if queued:
@@ -107,9 +119,7 @@ async def test_silently_cut_off_waiter_frees_the_queue_on_the_server_within_leas
             return coord.semaphore("job", 1, timeout=timeout)
         return coord.acquire("job", shared=shared, timeout=timeout)
 
-    port = urlsplit(pg_url).port
-    assert port is not None
-    with PartitionProxy(port) as proxy:
+    with _proxy_for(pg_url) as proxy:
         cut_off = agentlocks.connect(
             proxy.url_for(pg_url), namespace=other.namespace, lease_ttl=ttl
         )
@@ -161,9 +171,7 @@ async def test_waiter_cut_off_silently_still_times_out_on_time(
 ) -> None:
     """A wait through a silent partition ends with AcquireTimeout within seconds, not never."""
     other = connect(lease_ttl=1)
-    port = urlsplit(pg_url).port
-    assert port is not None
-    with PartitionProxy(port) as proxy:
+    with _proxy_for(pg_url) as proxy:
         # Bounds in play: the timeout, then liveness_interval for the scrub of the cancelled
         # wait (and the semaphore's UNLISTEN), then connect_timeout for a shared session the
         # head may be opening when the timeout strikes.
@@ -195,13 +203,8 @@ async def test_waiter_cut_off_silently_still_times_out_on_time(
 
 async def test_fast_path_through_a_silent_partition_fails_on_time(pg_url: str) -> None:
     """A fast-path acquire on a shared session cut off silently ends near its timeout."""
-    port = urlsplit(pg_url).port
-    assert port is not None
-    with PartitionProxy(port) as proxy:
-        coord = agentlocks.connect(
-            proxy.url_for(pg_url), namespace=f"pgtest-{uuid.uuid4().hex[:12]}", lease_ttl=1,
-            liveness_interval=2,
-        )  # fmt: skip
+    with _proxy_for(pg_url) as proxy:
+        coord = _connect_short(proxy.url_for(pg_url))
         try:
             await (await coord.acquire("warm")).release()  # the shared session is open
             proxy.partition()
@@ -226,13 +229,8 @@ def _liveness_questions() -> list[asyncio.Task[Any]]:
 
 async def test_a_late_liveness_question_ends_with_the_coordinator(pg_url: str) -> None:
     """A server-state question left unanswered by a partition is cancelled by aclose()."""
-    port = urlsplit(pg_url).port
-    assert port is not None
-    with PartitionProxy(port) as proxy:
-        coord = agentlocks.connect(
-            proxy.url_for(pg_url), namespace=f"pgtest-{uuid.uuid4().hex[:12]}", lease_ttl=1,
-            liveness_interval=2,
-        )  # fmt: skip
+    with _proxy_for(pg_url) as proxy:
+        coord = _connect_short(proxy.url_for(pg_url))
         try:
             await coord.acquire("held")  # pinged: its session's silence is noticed
             proxy.partition()
