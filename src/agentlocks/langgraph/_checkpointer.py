@@ -7,6 +7,7 @@ conformance suite and the Agent Server detect a capability by class override
 ``aput`` first compare-and-swap the thread's head record (``_heads.py``). Extra positional
 and keyword arguments pass through (``AsyncRedisSaver.aput`` takes ``stream_mode``), and
 attributes the wrapper lacks (``setup``, ``asetup``, ``conn``) come from the wrapped saver.
+The thread-wide calls (delete, copy, prune) are in ``_thread_ops.py``.
 
 No lock of our own is taken around the saver's I/O, and the wrapper never reads the saver to
 find a head (``InMemorySaver`` grows an entry on every read miss): the head lives in the
@@ -16,7 +17,6 @@ coordinator's backend.
 from __future__ import annotations
 
 import inspect
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, Final
@@ -29,10 +29,18 @@ from agentlocks.coordinator import Coordinator
 
 from ._context import LEASE_KEY
 from ._heads import DEFAULT_HEAD_TTL, Heads, check_lease
+from ._thread_ops import (
+    acopy_thread,
+    adelete_for_runs,
+    adelete_thread,
+    aprune,
+    copy_thread,
+    delete_for_runs,
+    delete_thread,
+    prune,
+)
 
 __all__ = ["guard_checkpointer"]
-
-logger = logging.getLogger("agentlocks")
 
 Config = Any  # RunnableConfig: a TypedDict; the wrapper only passes it on
 
@@ -247,106 +255,6 @@ async def _aput_writes(
     await self._inner.aput_writes(config, writes, task_id, task_path, *args, **kwargs)
 
 
-def _delete_thread(self: _Guarded, thread_id: str, *args: Any, **kwargs: Any) -> None:
-    check_lease(None, thread_id)
-    self._inner.delete_thread(thread_id, *args, **kwargs)
-    self._heads.drop_sync({str(thread_id)})
-
-
-async def _adelete_thread(self: _Guarded, thread_id: str, *args: Any, **kwargs: Any) -> None:
-    check_lease(None, thread_id)
-    await self._inner.adelete_thread(thread_id, *args, **kwargs)
-    await self._heads.drop({str(thread_id)})
-
-
-def _threads_of_runs_sync(self: _Guarded, run_ids: Sequence[str]) -> set[str] | None:
-    try:
-        return {
-            str(item.config["configurable"]["thread_id"])
-            for run_id in run_ids
-            for item in self._inner.list(None, filter={"run_id": run_id})
-        }
-    except Exception as exc:  # the delete itself must not fail for it
-        _unknown_threads(exc)
-        return None
-
-
-async def _threads_of_runs(self: _Guarded, run_ids: Sequence[str]) -> set[str] | None:
-    threads: set[str] = set()
-    try:
-        for run_id in run_ids:
-            async for item in self._inner.alist(None, filter={"run_id": run_id}):
-                threads.add(str(item.config["configurable"]["thread_id"]))
-    except Exception as exc:  # the delete itself must not fail for it
-        _unknown_threads(exc)
-        return None
-    return threads
-
-
-def _unknown_threads(exc: Exception) -> None:
-    logger.warning(
-        "guard_checkpointer could not list the threads of the deleted runs (%s): a thread "
-        "whose head checkpoint is deleted refuses puts until its head record expires",
-        exc,
-    )
-
-
-# Deleting a run's checkpoints can delete a thread's head: the threads concerned forget
-# their head records (found before the delete, from the checkpoints' run_id metadata), so
-# the thread's next put starts tracking again instead of being refused forever.
-def _delete_for_runs(self: _Guarded, run_ids: Sequence[str], *args: Any, **kwargs: Any) -> None:
-    check_lease(None)
-    threads = _threads_of_runs_sync(self, run_ids)
-    self._inner.delete_for_runs(run_ids, *args, **kwargs)
-    self._heads.drop_sync(threads or set())
-
-
-async def _adelete_for_runs(
-    self: _Guarded, run_ids: Sequence[str], *args: Any, **kwargs: Any
-) -> None:
-    check_lease(None)
-    threads = await _threads_of_runs(self, run_ids)
-    await self._inner.adelete_for_runs(run_ids, *args, **kwargs)
-    await self._heads.drop(threads or set())
-
-
-def _copy_thread(self: _Guarded, source: str, target: str, *args: Any, **kwargs: Any) -> None:
-    check_lease(None, source)
-    check_lease(None, target)
-    self._inner.copy_thread(source, target, *args, **kwargs)
-    self._heads.drop_sync({str(target)})
-
-
-async def _acopy_thread(
-    self: _Guarded, source: str, target: str, *args: Any, **kwargs: Any
-) -> None:
-    check_lease(None, source)
-    check_lease(None, target)
-    await self._inner.acopy_thread(source, target, *args, **kwargs)
-    await self._heads.drop({str(target)})
-
-
-def _pruned(thread_ids: Sequence[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:
-    # "keep_latest" keeps every namespace's latest checkpoint, which is its head: the
-    # records stay. "delete" (or anything else) removes them: the records go too.
-    strategy = kwargs.get("strategy", args[0] if args else "keep_latest")
-    return set() if strategy == "keep_latest" else {str(t) for t in thread_ids}
-
-
-def _prune(self: _Guarded, thread_ids: Sequence[str], *args: Any, **kwargs: Any) -> None:
-    for thread_id in thread_ids:
-        check_lease(None, thread_id)
-    self._inner.prune(thread_ids, *args, **kwargs)
-    self._heads.drop_sync(_pruned(thread_ids, args, kwargs))
-
-
-async def _aprune(self: _Guarded, thread_ids: Sequence[str], *args: Any, **kwargs: Any) -> None:
-    for thread_id in thread_ids:
-        check_lease(None, thread_id)
-    await self._inner.aprune(thread_ids, *args, **kwargs)
-    await self._heads.drop(_pruned(thread_ids, args, kwargs))
-
-
 def _get_delta_channel_history(self: _Guarded, *args: Any, **kwargs: Any) -> Any:
     return self._inner.get_delta_channel_history(*args, **kwargs)
 
@@ -375,14 +283,14 @@ MIRRORED: Final[dict[str, Callable[..., Any]]] = {
     "aput": _aput,
     "put_writes": _put_writes,
     "aput_writes": _aput_writes,
-    "delete_thread": _delete_thread,
-    "adelete_thread": _adelete_thread,
-    "delete_for_runs": _delete_for_runs,
-    "adelete_for_runs": _adelete_for_runs,
-    "copy_thread": _copy_thread,
-    "acopy_thread": _acopy_thread,
-    "prune": _prune,
-    "aprune": _aprune,
+    "delete_thread": delete_thread,
+    "adelete_thread": adelete_thread,
+    "delete_for_runs": delete_for_runs,
+    "adelete_for_runs": adelete_for_runs,
+    "copy_thread": copy_thread,
+    "acopy_thread": acopy_thread,
+    "prune": prune,
+    "aprune": aprune,
     "get_delta_channel_history": _get_delta_channel_history,
     "aget_delta_channel_history": _aget_delta_channel_history,
     "get_next_version": _get_next_version,
