@@ -28,7 +28,8 @@ from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 
 from ._context import LEASE_KEY
-from ._heads import DEFAULT_HEAD_TTL, Heads, check_lease
+from ._heads import DEFAULT_HEAD_TTL, Heads
+from ._put_plans import check_lease
 from ._thread_ops import (
     acopy_thread,
     adelete_for_runs,

@@ -16,10 +16,8 @@ round trip. What a put expects:
 * it has no parent otherwise: nothing, it is a fork (a saver's user writing a fresh root).
 
 A record absent (expired, or the thread predates the wrapper) accepts a put and starts
-tracking. The marks of "read explicitly" and "read nothing" live in a context variable
-holding a mutable dict: LangGraph runs the puts of a run in copies of the context of its
-read (``copy_context()`` in ``pregel/_executor.py``), and copies share the dict, so the
-first put that uses a mark consumes it for every copy.
+tracking. The marks of "read explicitly" and "read nothing", and the plan of one put, are
+in ``_put_plans.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
 from typing import Any, Final, TypeVar, cast
 
 import anyio
@@ -38,11 +35,12 @@ from agentlocks.backends._base import HeadStore, HeadSwap
 from agentlocks.backends._memory_heads import HeadTable
 from agentlocks.backends.memory import MemoryBackend
 from agentlocks.coordinator import Coordinator
-from agentlocks.errors import ConcurrentRunError, ConfigError, LeaseLost
+from agentlocks.errors import ConcurrentRunError, ConfigError
 
-from ._context import LEASE_KEY, lease_for, thread_key
+from ._context import LEASE_KEY, thread_key
+from ._put_plans import EMPTY, FORK, PutPlan, check_lease, mark, read_marks, take_mark, where
 
-__all__ = ["DEFAULT_HEAD_TTL", "Heads", "PutPlan"]
+__all__ = ["DEFAULT_HEAD_TTL", "Heads"]
 
 logger = logging.getLogger("agentlocks")
 
@@ -55,93 +53,6 @@ DEFAULT_HEAD_TTL: Final = 7 * 24 * 3600.0
 #: Seconds a conflicting head must have stood still before the saver is asked whether it
 #: exists at all (see ``Heads.stale``).
 STALE_AFTER: Final = 60.0
-
-#: Marks kept per context at most (explicit reads that were never followed by a put).
-_MAX_MARKS: Final = 256
-
-_FORK: Final = "fork"  # the put's parent was read by checkpoint_id: no precondition
-_EMPTY: Final = "empty"  # the read found no checkpoint: a parentless put expects absent
-
-# (thread, ns, checkpoint id or "") -> mark; see the module docstring.
-_marks: ContextVar[dict[tuple[str, str, str], str] | None] = ContextVar(
-    "agentlocks_checkpoint_reads", default=None
-)
-
-
-def _mark(key: tuple[str, str, str], kind: str) -> None:
-    marks = _marks.get()
-    if marks is None:
-        marks = {}
-        _marks.set(marks)
-    marks.pop(key, None)
-    marks[key] = kind
-    if len(marks) > _MAX_MARKS:
-        del marks[next(iter(marks))]
-
-
-def _take_mark(key: tuple[str, str, str]) -> str | None:
-    marks = _marks.get()
-    return None if marks is None else marks.pop(key, None)
-
-
-def _where(config: Mapping[str, Any]) -> tuple[str, str, str | None]:
-    configurable = config.get("configurable") or {}
-    thread_id = configurable.get("thread_id")
-    if thread_id is None:
-        raise ValueError("a checkpoint config needs configurable.thread_id")
-    ns = configurable.get("checkpoint_ns") or ""
-    return str(thread_id), str(ns), configurable.get("checkpoint_id") or None
-
-
-def check_lease(config: Mapping[str, Any] | None, thread_id: object = None) -> Lease | None:
-    """Return the run's lease for this thread, refusing the write if it was lost."""
-    lease = lease_for(config, thread_id)
-    if lease is not None and lease.lost:
-        raise LeaseLost(
-            f"the lease on {lease.key!r} was lost: this run may no longer write its thread",
-            key=lease.key,
-        )
-    return lease
-
-
-class PutPlan:
-    """One put's compare-and-swap: where, what it expects, the child, and the fence."""
-
-    __slots__ = ("expected", "field", "lease", "new", "resource", "thread_id")
-
-    def __init__(
-        self, thread_id: str, field: str, expected: str | None, new: str, lease: Lease | None
-    ) -> None:
-        self.thread_id = thread_id
-        self.resource = "l:" + thread_key(thread_id)
-        self.field = field
-        self.expected = expected
-        self.new = new
-        self.lease = lease
-
-    @property
-    def token(self) -> int | None:
-        return None if self.lease is None else self.lease.token
-
-    def outcome(self, swap: HeadSwap) -> HeadSwap:
-        """Raise the error a refused swap means; return a successful one."""
-        if swap.outcome == "swapped":
-            return swap
-        where = f"thread {self.thread_id!r}" + (f" (namespace {self.field!r})" * bool(self.field))
-        if swap.outcome == "fenced":
-            key = thread_key(self.thread_id)
-            raise LeaseLost(
-                f"checkpoint {self.new} of {where} was refused: a run holding a newer lease "
-                f"(token {swap.token} > {self.token}) has written the thread",
-                key=key,
-            )
-        head = swap.head or "none"
-        raise ConcurrentRunError(
-            f"checkpoint {self.new} of {where} was refused: its parent "
-            f"{self.expected or 'none'} is no longer the thread's head ({head}); another "
-            "run wrote the thread since this run read it",
-            key=thread_key(self.thread_id),
-        )
 
 
 class Heads:
@@ -192,19 +103,19 @@ class Heads:
         checkpoint_id = configurable.get("checkpoint_id")
         if checkpoint_id:
             if found is not None:
-                _mark((str(thread_id), ns, str(checkpoint_id)), _FORK)
+                mark((str(thread_id), ns, str(checkpoint_id)), FORK)
         elif found is None:
-            _mark((str(thread_id), ns, ""), _EMPTY)
+            mark((str(thread_id), ns, ""), EMPTY)
 
     # -- puts ------------------------------------------------------------------------------
 
     def plan(self, config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> PutPlan:
         """Check the put before any I/O and decide what the head must be."""
-        thread_id, ns, parent = _where(config)
+        thread_id, ns, parent = where(config)
         lease = check_lease(config, thread_id)
         child = str(checkpoint["id"])
         if parent is None:
-            expected = "" if _take_mark((thread_id, ns, "")) == _EMPTY else None
+            expected = "" if take_mark((thread_id, ns, "")) == EMPTY else None
         else:
             if child <= parent:
                 raise ConcurrentRunError(
@@ -215,7 +126,7 @@ class Heads:
                     "refused; synchronise the hosts' clocks (NTP)",
                     key=thread_key(thread_id),
                 )
-            expected = None if _take_mark((thread_id, ns, parent)) == _FORK else parent
+            expected = None if take_mark((thread_id, ns, parent)) == FORK else parent
         return PutPlan(thread_id, ns, expected, child, lease)
 
     async def put(
@@ -340,7 +251,7 @@ class Heads:
             or lease.lost
             or lease.key != thread_key(thread_id)
             or str(checkpoint["id"]) <= checkpoint_id
-            or _marks.get()
+            or read_marks.get()
         ):
             # Anything but a fenced child of a parent with no mark on it: the general path
             # (it raises the errors, and consumes marks, as the plan says).

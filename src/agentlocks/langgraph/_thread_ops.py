@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._heads import check_lease
+from ._put_plans import check_lease
 
 if TYPE_CHECKING:
     from ._checkpointer import _Guarded
