@@ -172,7 +172,7 @@ class Yielding:
     160 young-generation and 2 full collections back to back, 267-269 and 3 with one
     ``await asyncio.sleep(0)`` per run, the same as guarded (an ``async def`` or a plain
     function in between, with no turn of the loop, keeps 160). This row shows what that
-    turn costs without any of the guard's work.
+    turn costs without any of the guard's work; the table prints the counts.
     """
 
     def __init__(self, graph: Any) -> None:
@@ -263,11 +263,21 @@ async def sc_throughput(graph: Any, threads: int, runs: int) -> dict[str, Any]:
             latencies.append(perf() - t0)
 
     gc.collect()
+    collections = [0, 0, 0]  # collections of each generation during the runs
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collections[info["generation"]] += 1
+
+    gc.callbacks.append(count)
     cpu0 = time.process_time()
     t0 = perf()
-    await asyncio.gather(*(one_thread(t) for t in range(threads)))
-    wall = perf() - t0
-    cpu = time.process_time() - cpu0  # this process (the client), every thread of it
+    try:
+        await asyncio.gather(*(one_thread(t) for t in range(threads)))
+    finally:
+        wall = perf() - t0
+        cpu = time.process_time() - cpu0  # this process (the client), every thread of it
+        gc.callbacks.remove(count)
     # Sequential runs lose nothing, guarded or not: a check that both did the same work.
     complete = 0
     for t in range(threads):
@@ -280,6 +290,8 @@ async def sc_throughput(graph: Any, threads: int, runs: int) -> dict[str, Any]:
         "p99_ms": pct(latencies, 0.99) * 1e3,
         "complete": complete,
         "threads": threads,
+        "gc_young": collections[0],
+        "gc_full": collections[2],
     }
 
 
@@ -385,6 +397,8 @@ def report(
                 f"{fmt(median(r['p50_ms'] for r in rs), 1)} / "
                 f"{fmt(median(r['p99_ms'] for r in rs), 1)}",
                 fmt(median(r["cpu_ms"] for r in rs), 2),
+                f"{fmt(median(r['gc_young'] for r in rs))} / "
+                f"{fmt(median(r['gc_full'] for r in rs))}",
                 f"{min(r['complete'] for r in rs)}/{rs[0]['threads']}",
                 fmt_ratio(median(vx)) if vx else "1.00x",
                 spread(vx) if vx else "",
@@ -401,7 +415,8 @@ def report(
         )
     print(markdown_table(
         ["saver + coordinator", "variant", "runs/s", "run p50 / p99 ms",
-         "client CPU ms/run", "threads complete", "x unguarded", "per-round x"], rows,
+         "client CPU ms/run", "GC young / full collections", "threads complete",
+         "x unguarded", "per-round x"], rows,
     ))  # fmt: skip
 
     print(

@@ -38,6 +38,8 @@ def _assert_report(proc: subprocess.CompletedProcess[str], labels: list[str]) ->
     out = proc.stdout
     for title in TABLES:
         assert title in out, f"no {title!r} in:\n{out}"
+    # The throughput table counts the collector's runs per variant (RESULTS.md uses them).
+    assert "GC young / full collections" in out, out
     for label in labels:
         lines = [ln for ln in out.splitlines() if ln.startswith(("[met]", "[NOT MET]"))]
         throughput = [ln for ln in lines if label in ln and "throughput" in ln]
