@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .backends._base import Enumerable, HolderInfo, describe
+from .backends._base import HolderInfo, describe
+from .backends._capabilities import Enumerable
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator

@@ -33,7 +33,8 @@ from ._renewal import Renewer
 from ._tasks import TaskSupervisor, finish, logger
 from ._telemetry import TELEMETRY
 from ._url import DEFAULT_URL, Settings, build_settings, split_url
-from .backends._base import Backend, FastPath, Grant, KeyInfo
+from .backends._base import Backend, Grant, KeyInfo
+from .backends._capabilities import FastPath
 from .decorators import Backpressure, KeySpec, Serialized
 from .errors import (
     AcquireTimeout,

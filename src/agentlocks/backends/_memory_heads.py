@@ -1,4 +1,4 @@
-"""Head records of ``memory://`` (the ``HeadStore`` methods of ``_base.py``), in-process.
+"""Head records of ``memory://`` (the ``HeadStore`` methods of ``_capabilities.py``), in-process.
 
 Bounded state (guarantee 9): every record carries its expiry, and the table keeps its
 records in the order they were last swapped (a dict, re-inserted on every swap), so each
@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Final
 
-from ._base import HeadSwap
+from ._capabilities import HeadSwap
 
 __all__ = ["HeadTable"]
 

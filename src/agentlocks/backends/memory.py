@@ -26,7 +26,8 @@ from agentlocks._tasks import TaskSupervisor
 from agentlocks._url import Settings
 from agentlocks.errors import AgentLocksError, Busy, QueueFull
 
-from ._base import Grant, HeadSwap, HolderInfo, LostCallback, SignalCallback, describe
+from ._base import Grant, HolderInfo, LostCallback, SignalCallback, describe
+from ._capabilities import HeadSwap
 from ._memory_heads import HeadTable
 from ._signals import LocalSignals
 

@@ -4,7 +4,7 @@ A LangGraph run reads its thread's head checkpoint once and writes a chain of ch
 (``LANGGRAPH-NOTES.md``). Two runs that read the same head both write a child of it; the
 saver keeps both and calls the later one "latest", and the other run's work is silently
 gone. So the coordinator's backend keeps, per ``(thread, checkpoint_ns)``, the id of the
-checkpoint the wrapper last let through (``HeadStore`` in ``backends/_base.py``), and
+checkpoint the wrapper last let through (``HeadStore`` in ``backends/_capabilities.py``), and
 every ``put`` compare-and-swaps it, parent -> child, with the run's fencing token, in one
 round trip. What a put expects:
 
@@ -31,7 +31,7 @@ from typing import Any, Final, TypeVar, cast
 import anyio
 
 from agentlocks._lease import Lease
-from agentlocks.backends._base import HeadStore, HeadSwap
+from agentlocks.backends._capabilities import HeadStore, HeadSwap
 from agentlocks.backends._memory_heads import HeadTable
 from agentlocks.backends.memory import MemoryBackend
 from agentlocks.coordinator import Coordinator

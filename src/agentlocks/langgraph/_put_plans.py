@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from agentlocks._lease import Lease
-from agentlocks.backends._base import HeadSwap
+from agentlocks.backends._capabilities import HeadSwap
 from agentlocks.errors import ConcurrentRunError, LeaseLost
 
 from ._context import lease_for, thread_key

@@ -20,12 +20,12 @@ from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import COMMON_OPTIONS, Settings
 from agentlocks.backends._base import (
     Grant,
-    HeadSwap,
     HolderInfo,
     LostCallback,
     SignalCallback,
     describe,
 )
+from agentlocks.backends._capabilities import HeadSwap
 from agentlocks.errors import AgentLocksError, Busy, ConfigError, QueueFull
 
 from ._connect import driver_dsn

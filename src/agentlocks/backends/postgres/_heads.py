@@ -1,4 +1,4 @@
-"""Head records of ``postgres://`` (the ``HeadStore`` methods of ``_base.py``).
+"""Head records of ``postgres://`` (the ``HeadStore`` methods of ``_capabilities.py``).
 
 One row per ``(namespace, resource, field)`` in ``agentlocks_heads`` (created on first use,
 beside the generation table, in the same schema). ``swap_head`` is one statement on a shared
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 from agentlocks._tasks import finish
-from agentlocks.backends._base import HeadSwap
+from agentlocks.backends._capabilities import HeadSwap
 
 from ._connection import Session
 from ._session import Sessions

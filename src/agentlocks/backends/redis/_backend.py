@@ -66,12 +66,12 @@ from agentlocks._tasks import TaskSupervisor, finish
 from agentlocks._url import Settings
 from agentlocks.backends._base import (
     Grant,
-    HeadSwap,
     HolderInfo,
     LostCallback,
     SignalCallback,
     describe,
 )
+from agentlocks.backends._capabilities import HeadSwap
 from agentlocks.errors import BackendError, Busy, QueueFull
 
 from ._heads import drop_heads, swap_head

@@ -1,4 +1,4 @@
-"""Head records of ``redis://`` (the ``HeadStore`` methods of ``_base.py``): ``lua/heads.lua``.
+"""Head records of ``redis://`` (``HeadStore`` of ``_capabilities.py``): ``lua/heads.lua``.
 
 All head records beside one lock resource live in one hash (field -> expiry, token, head)
 plus a sorted set of the fields' expiries, both under the lock's hash tag, so a swap is one
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Final, Literal
 
-from agentlocks.backends._base import HeadSwap
+from agentlocks.backends._capabilities import HeadSwap
 
 from ._link import Link
 from ._scripts import HEADS, head_keys
