@@ -28,7 +28,7 @@ from agentlocks._lease import Lease
 from agentlocks.coordinator import Coordinator
 
 from ._context import LEASE_KEY
-from ._heads import DEFAULT_HEAD_TTL, Heads
+from ._heads import DEFAULT_HEAD_TTL, Heads, uncancelled_save
 from ._put_plans import check_lease
 from ._thread_ops import (
     acopy_thread,
@@ -218,6 +218,7 @@ async def _aput(
         plan,
         lambda: self._inner.aput(config, checkpoint, metadata, new_versions, *args, **kwargs),
         exists,
+        uncancelled=uncancelled_save(config),
     )
 
 

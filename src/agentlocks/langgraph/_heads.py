@@ -40,7 +40,7 @@ from agentlocks.errors import ConcurrentRunError, ConfigError
 from ._context import LEASE_KEY, thread_key
 from ._put_plans import EMPTY, FORK, PutPlan, check_lease, mark, read_marks, take_mark, where
 
-__all__ = ["DEFAULT_HEAD_TTL", "Heads"]
+__all__ = ["DEFAULT_HEAD_TTL", "Heads", "uncancelled_save"]
 
 logger = logging.getLogger("agentlocks")
 
@@ -134,6 +134,8 @@ class Heads:
         plan: PutPlan,
         write: Callable[[], Awaitable[T]],
         exists: Callable[[str], Awaitable[bool]],
+        *,
+        uncancelled: bool = False,
     ) -> T:
         """Swap the head, then write; a cancelled caller waits until both are settled.
 
@@ -145,8 +147,14 @@ class Heads:
         and a cancelled caller waits for it: a put cut short between the swap and the write
         would leave exactly that wedge. (A process killed there leaves it all the same: see
         :meth:`stale`.)
+
+        ``uncancelled``: the caller is a task nothing cancels (:func:`uncancelled_save`),
+        so the steps run in it directly, without the task (two turns of the event loop
+        and a task per checkpoint put on a remote backend).
         """
         self.note_loop()
+        if uncancelled:
+            return await self._put(plan, write, exists)
         task = asyncio.ensure_future(self._put(plan, write, exists))
         try:
             return await asyncio.shield(task)
@@ -343,6 +351,36 @@ class Heads:
             "event loop's, after the saver was first used there; use the async API "
             "(ainvoke, astream, aupdate_state)"
         )
+
+
+# The coroutine LangGraph saves each checkpoint of a run in, a task per checkpoint
+# (``pregel/_loop.py``), and the configurable key of the run's durability.
+_LANGGRAPH_SAVE: Final = "AsyncPregelLoop._checkpointer_put_after_previous"
+_DURABILITY: Final = "__pregel_durability"
+
+
+def uncancelled_save(config: Mapping[str, Any]) -> bool:
+    """Is this put LangGraph's own background save of a run's checkpoint, with
+    ``durability`` ``"async"`` or ``"exit"``? Nothing cancels that task but the loop's end.
+
+    Invariant (LangGraph 1.x, read in its source): the loop submits each save to its
+    executor without ``__cancel_on_exit__``, and the executor's exit waits for it
+    (``asyncio.wait``, which cancels nothing); a cancelled run does not reach it. Only
+    with ``durability="sync"`` does the run await the save itself (``pregel/main.py``:
+    ``await loop._put_checkpoint_fut``), so a cancelled run cancels the save, and through
+    ``await prev`` the saves before it: False then. The event loop's shutdown cancels
+    every task, a task of ours too. Any other caller (``aupdate_state`` puts in the
+    caller's task, a direct ``aput``, a renamed coroutine in a later LangGraph) gives
+    False, and the put takes its own task as before.
+    """
+    task = asyncio.current_task()
+    if task is None:
+        return False
+    code = getattr(task.get_coro(), "cr_code", None)
+    if code is None or code.co_qualname != _LANGGRAPH_SAVE:
+        return False
+    durability = (config.get("configurable") or {}).get(_DURABILITY)
+    return durability in ("async", "exit")
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -17,6 +17,7 @@ from langgraph.pregel._checkpoint import put_writes_accepts_task_path
 import agentlocks
 from agentlocks import ConcurrentRunError, Coordinator
 from agentlocks.langgraph._checkpointer import MIRRORED, guard_checkpointer, overrides
+from agentlocks.langgraph._heads import uncancelled_save
 from tests.conftest import backend_url_for
 from tests.langgraph.checkpointer._graphs import chat_graph, config, messages
 
@@ -65,6 +66,25 @@ class SlowSaver(InMemorySaver):
     async def aput(self, *args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(0.1)
         return await super().aput(*args, **kwargs)
+
+
+class SettlingSaver(InMemorySaver):
+    """A saver whose puts are stored at once but return a while later (a slow commit reply)."""
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        stored = await super().aput(*args, **kwargs)
+        await asyncio.sleep(0.1)
+        return stored
+
+
+class SpySaver(InMemorySaver):
+    """A saver that records, per put, whether it runs in LangGraph's uncancelled save task."""
+
+    uncancelled: list[bool]
+
+    async def aput(self, config: Any, *args: Any, **kwargs: Any) -> Any:
+        self.uncancelled = [*getattr(self, "uncancelled", []), uncancelled_save(config)]
+        return await super().aput(config, *args, **kwargs)
 
 
 CAPABILITY_NAMES = [*MIRRORED, "config_specs"]
@@ -172,6 +192,44 @@ async def test_cancelled_put_settles_before_the_caller_leaves(thread_id: str) ->
     assert first["id"] in inner.storage[thread_id][""]  # written before the cancel returned
     parent = config(thread_id, checkpoint_ns="", checkpoint_id=first["id"])
     await saver.aput(parent, empty_checkpoint(), {}, {})  # the head is the written checkpoint
+
+
+@pytest.mark.parametrize(("durability", "uncancelled"), [("async", True), ("exit", True),
+                                                         ("sync", False)])  # fmt: skip
+async def test_only_langgraph_saves_nothing_cancels_skip_the_put_task(
+    thread_id: str, durability: str, uncancelled: bool
+) -> None:
+    """A run's background saves are told apart: not with durability="sync", nor update_state."""
+    inner = SpySaver()
+    graph = chat_graph(guard_checkpointer(inner, agentlocks.connect()))
+    await graph.ainvoke({"messages": ["a"]}, config(thread_id), durability=durability)
+    assert inner.uncancelled and set(inner.uncancelled) == {uncancelled}
+    inner.uncancelled = []
+    await graph.aupdate_state(config(thread_id), {"messages": ["b"]})  # puts in our task
+    assert inner.uncancelled == [False]
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+async def test_run_cancelled_mid_put_leaves_the_thread_usable(
+    thread_id: str, durability: str
+) -> None:
+    """A run cancelled while a put is in flight does not wedge the thread, in every durability."""
+    # With "sync" the run awaits its save, so the cancellation reaches the save: the put
+    # must still end as the saver did (stored: the head is the new checkpoint), not put
+    # the head back. With "async" and "exit" the cancellation must not reach it at all
+    # (the put runs in LangGraph's task directly: uncancelled_save).
+    graph = chat_graph(guard_checkpointer(SettlingSaver(), agentlocks.connect()))
+    await graph.ainvoke({"messages": ["a"]}, config(thread_id))
+    task = asyncio.ensure_future(
+        graph.ainvoke({"messages": ["b"]}, config(thread_id), durability=durability)
+    )
+    await asyncio.sleep(0.05)  # the input checkpoint is stored, its put not returned
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # every put of the cancelled run has settled
+    await graph.ainvoke({"messages": ["c"]}, config(thread_id))
+    assert (await messages(graph, thread_id))[-2:] == ["c", "re:c"]
 
 
 async def test_in_memory_put_completes_without_suspending(thread_id: str) -> None:
